@@ -1,0 +1,144 @@
+"""Detector contract: one file per detector, registered by name, returning a :class:`DetectionResult`.
+
+A detector takes explicit typed arguments (embeddings, a model, a dataset...) and returns one score
+per dataset index (higher = more suspicious), the flags it raises, its threshold, and evidence keyed
+by the same index (cluster ids, CAM windows, per-class statistics). Results are written as CSV (one
+row per index) and JSON (everything), so a person and a program can both read them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sslguard.utils.io import atomic_write_json, atomic_write_text
+
+DETECTORS: dict[str, Callable[..., Any]] = {}
+
+
+def register_detector(name: str):
+    """Register a detector class or function under ``name`` (``@register_detector("poisoncam")``)."""
+
+    def deco(obj):
+        if name in DETECTORS:
+            raise ValueError(f"detector {name!r} registered twice")
+        DETECTORS[name] = obj
+        try:
+            obj.name = name
+        except (AttributeError, TypeError):
+            pass
+        return obj
+
+    return deco
+
+
+def get_detector(name: str):
+    from sslguard import detectors as _  # noqa: F401  (registers the built-in detectors)
+
+    try:
+        return DETECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; choose from {sorted(DETECTORS)}") from None
+
+
+def list_detectors() -> list[str]:
+    from sslguard import detectors as _  # noqa: F401
+
+    return sorted(DETECTORS)
+
+
+@dataclass
+class DetectionResult:
+    """Scores for every index. ``evidence`` holds arrays aligned with ``index`` (per-image evidence,
+    e.g. ``cluster`` (N,), ``box`` (N, 4) as x, y, w, h) and ``info`` holds run-level facts
+    (per-class statistics, chosen clusters, timings)."""
+
+    name: str
+    index: np.ndarray
+    scores: np.ndarray
+    flagged: np.ndarray
+    threshold: float
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = np.asarray(self.index, dtype=np.int64)
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.flagged = np.asarray(self.flagged, dtype=bool)
+        n = len(self.index)
+        if len(self.scores) != n or len(self.flagged) != n:
+            raise ValueError(f"{self.name}: index, scores and flagged must have the same length")
+        if len(np.unique(self.index)) != n:
+            raise ValueError(f"{self.name}: an index appears more than once")
+        for k, v in self.evidence.items():
+            if len(v) != n:
+                raise ValueError(f"{self.name}: evidence {k!r} has {len(v)} rows for {n} indices")
+
+    @property
+    def flagged_indices(self) -> np.ndarray:
+        return self.index[self.flagged]
+
+    def aligned(self, keys: np.ndarray) -> "DetectionResult":
+        """The same result reordered to ``keys`` (every key must be present)."""
+        order = {int(k): i for i, k in enumerate(self.index)}
+        try:
+            pos = np.asarray([order[int(k)] for k in keys], dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"{self.name}: no score for index {exc.args[0]}") from None
+        return DetectionResult(self.name, self.index[pos], self.scores[pos], self.flagged[pos], self.threshold,
+                               {k: np.asarray(v)[pos] for k, v in self.evidence.items()}, dict(self.info))
+
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        ev_cols = []
+        for k, v in self.evidence.items():
+            v = np.asarray(v)
+            ev_cols += [(k, None)] if v.ndim == 1 else [(k, j) for j in range(v.shape[1])]
+        w.writerow(["index", "score", "flagged"] + [k if j is None else f"{k}_{j}" for k, j in ev_cols])
+        order = np.argsort(self.index, kind="stable")
+        for i in order:
+            row = [int(self.index[i]), repr(float(self.scores[i])), int(self.flagged[i])]
+            for k, j in ev_cols:
+                v = np.asarray(self.evidence[k])
+                val = v[i] if j is None else v[i, j]
+                row.append(val.item() if hasattr(val, "item") else val)
+            w.writerow(row)
+        return buf.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "threshold": float(self.threshold),
+            "n": int(len(self.index)),
+            "n_flagged": int(self.flagged.sum()),
+            "index": self.index,
+            "scores": self.scores,
+            "flagged": self.flagged,
+            "evidence": {k: np.asarray(v) for k, v in self.evidence.items()},
+            "info": self.info,
+        }
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        return atomic_write_text(path, self.to_csv_text())
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectionResult":
+        return cls(d["name"], np.asarray(d["index"]), np.asarray(d["scores"], dtype=np.float64), np.asarray(d["flagged"]),
+                   float(d["threshold"]), {k: np.asarray(v) for k, v in d.get("evidence", {}).items()}, d.get("info", {}))
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> "DetectionResult":
+        import json
+
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))

@@ -1,0 +1,139 @@
+"""Streaming feature extraction keyed by index, on one process or many (accelerate).
+
+Each process takes a contiguous shard of the dataset, runs the model batch by batch (nothing but the
+outputs is kept), and the shards are gathered with their dataset keys. Rows are de-duplicated on the
+key and returned in the dataset's order, so the result never depends on the number of processes or
+on batch boundaries (the contract "index is identity" of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sslguard.data.transforms import ResizeUint8, TransformDataset, collate_uint8, to_float
+from sslguard.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+def _dist_info(accelerator) -> tuple[int, int, torch.device]:
+    if accelerator is not None:
+        return accelerator.process_index, accelerator.num_processes, accelerator.device
+    return 0, 1, torch.device("cpu")
+
+
+def _gather(index: np.ndarray, outs: Outputs, world: int) -> tuple[np.ndarray, Outputs]:
+    if world == 1:
+        return index, outs
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, (index, outs))
+    index = np.concatenate([g[0] for g in gathered])
+    outs = {k: np.concatenate([g[1][k] for g in gathered]) for k in gathered[0][1]}
+    return index, outs
+
+
+@torch.no_grad()
+def extract(
+    dataset,
+    fn: Callable[[torch.Tensor], torch.Tensor | dict[str, torch.Tensor]],
+    *,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    accelerator=None,
+    num_workers: int = 0,
+    desc: str = "extracting",
+    progress: bool = True,
+) -> tuple[np.ndarray, Outputs]:
+    """Run ``fn`` on every image of ``dataset`` and return ``(keys, outputs)`` in dataset order.
+
+    ``fn`` gets a ``uint8`` batch ``(B, 3, H, W)`` already on the device and returns a tensor or a dict
+    of tensors with ``B`` rows; outputs come back as float32/int numpy arrays. With ``accelerator``,
+    every process must call this (the gather is collective) and all get the full result.
+    """
+    from tqdm.auto import tqdm
+
+    rank, world, device = _dist_info(accelerator)
+    n = len(dataset)
+    shard = np.array_split(np.arange(n), world)[rank]
+    sub = torch.utils.data.Subset(TransformDataset(dataset, ResizeUint8(image_size)), shard.tolist())
+    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=collate_uint8)
+    keys: list[np.ndarray] = []
+    chunks: dict[str, list[np.ndarray]] = {}
+    for images, _, index in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
+        out = fn(images.to(device, non_blocking=True))
+        if isinstance(out, torch.Tensor):
+            out = {"features": out}
+        for k, v in out.items():
+            v = v.detach()
+            if v.is_floating_point():
+                v = v.float()
+            chunks.setdefault(k, []).append(v.cpu().numpy())
+        keys.append(index.numpy())
+    local_index = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    local_out = {k: np.concatenate(v) for k, v in chunks.items()}
+    index, outs = _gather(local_index, local_out, world)
+    # De-duplicate on the key and restore the dataset's order.
+    want = np.asarray(dataset.keys, dtype=np.int64)
+    first = {}
+    for i, k in enumerate(index.tolist()):
+        first.setdefault(k, i)
+    missing = [int(k) for k in want if int(k) not in first]
+    if missing:
+        raise RuntimeError(f"{desc}: no output for {len(missing)} indices (first: {missing[:5]})")
+    order = np.asarray([first[int(k)] for k in want], dtype=np.int64)
+    return want.copy(), {k: v[order] for k, v in outs.items()}
+
+
+def embed_dataset(
+    backbone: torch.nn.Module,
+    dataset,
+    *,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    accelerator=None,
+    normalize: bool = False,
+    cache_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features ``(keys, features (N, D) float32)`` for every image.
+
+    ``normalize=True`` L2-normalises the rows (what cosine k-means and kNN use). With ``cache_path``,
+    a valid cache (same keys) is reused and a new one is written atomically by the main process.
+    """
+    if cache_path is not None and Path(cache_path).exists():
+        try:
+            with np.load(cache_path) as z:
+                index, feats = z["index"], z["features"]
+            if np.array_equal(index, np.asarray(dataset.keys)):
+                return index, feats
+            log.warning("%s was made for other indices; recomputing", cache_path)
+        except Exception as exc:  # a damaged cache is recomputed, never trusted
+            log.warning("ignoring unreadable cache %s (%s)", cache_path, exc)
+    was_training = backbone.training
+    backbone.eval()
+
+    def fn(images: torch.Tensor) -> torch.Tensor:
+        f = backbone(to_float(images))
+        return torch.nn.functional.normalize(f, dim=1) if normalize else f
+
+    try:
+        index, outs = extract(dataset, fn, batch_size=batch_size, image_size=image_size, accelerator=accelerator,
+                              desc="embedding", progress=progress)
+    finally:
+        backbone.train(was_training)
+    feats = outs["features"].astype(np.float32)
+    if cache_path is not None and (accelerator is None or accelerator.is_main_process):
+        with atomic_path(cache_path, suffix=".npz") as tmp:
+            np.savez(tmp, index=index, features=feats)
+    return index, feats

@@ -1,0 +1,99 @@
+"""Atomic writes: an artefact is either complete on disk or absent.
+
+Every stage of a run writes through these helpers (temp file in the same folder, fsync, then
+``os.replace``), so a process killed mid-write never leaves a partial file that a later run could
+mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    ``suffix`` keeps the extension for writers that insist on one (``np.save`` appends ``.npy``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """JSON text that accepts numpy scalars/arrays and paths (sorted keys, so reruns are byte-equal)."""
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_json_default)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, to_json(obj) + "\n")
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+    return Path(path)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return Path(path)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers, written next to every run's outputs."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("sslguard", "torch", "torchvision", "lightly", "faiss-cpu", "faiss-gpu", "scikit-learn",
+                 "timm", "accelerate", "numpy", "pillow", "zennit"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,51 @@
+import json
+
+import numpy as np
+import pytest
+
+from sslguard.detectors.base import DetectionResult, register_detector
+
+
+def _result():
+    return DetectionResult(
+        "demo", index=[5, 2, 9], scores=[0.1, 0.9, 0.5], flagged=[False, True, False], threshold=0.7,
+        evidence={"cluster": np.array([1, 0, 1]), "box": np.array([[0, 0, 4, 4], [1, 2, 4, 4], [3, 3, 4, 4]])},
+        info={"k": 2},
+    )
+
+
+def test_csv_rows_are_keyed_and_sorted_by_index(tmp_path):
+    text = _result().to_csv_text().splitlines()
+    assert text[0] == "index,score,flagged,cluster,box_0,box_1,box_2,box_3"
+    assert [row.split(",")[0] for row in text[1:]] == ["2", "5", "9"]
+    assert text[1] == "2,0.9,1,0,1,2,4,4"
+
+
+def test_json_round_trip(tmp_path):
+    r = _result()
+    path = r.to_json(tmp_path / "r.json")
+    back = DetectionResult.load_json(path)
+    assert np.array_equal(back.index, r.index) and np.array_equal(back.flagged, r.flagged)
+    assert np.array_equal(back.evidence["box"], r.evidence["box"])
+    assert json.loads(path.read_text())["n_flagged"] == 1
+
+
+def test_aligned_reorders_everything_and_names_missing_index():
+    r = _result().aligned(np.array([9, 5, 2]))
+    assert r.scores.tolist() == [0.5, 0.1, 0.9]
+    assert r.evidence["cluster"].tolist() == [1, 1, 0]
+    with pytest.raises(KeyError, match="no score for index 7"):
+        _result().aligned(np.array([7]))
+
+
+def test_invalid_results_are_rejected():
+    with pytest.raises(ValueError, match="more than once"):
+        DetectionResult("x", [1, 1], [0, 0], [0, 0], 0.0)
+    with pytest.raises(ValueError, match="evidence"):
+        DetectionResult("x", [1, 2], [0, 0], [0, 0], 0.0, evidence={"c": np.zeros(3)})
+
+
+def test_registry_rejects_duplicates():
+    register_detector("_test_only")(lambda: None)
+    with pytest.raises(ValueError, match="twice"):
+        register_detector("_test_only")(lambda: None)

@@ -1,0 +1,35 @@
+import numpy as np
+import torch
+
+from sslguard.data import load_digits_dataset
+from sslguard.embed import embed_dataset, extract
+
+
+def test_extract_is_keyed_by_index_and_independent_of_batch_size():
+    ds = load_digits_dataset("train").subset(np.arange(0, 120, 2)[::-1].copy())  # reversed, non-contiguous keys
+
+    def fn(images):
+        return {"mean": images.float().mean(dim=(1, 2, 3)), "first": images[:, 0, 0, 0]}
+
+    keys_a, out_a = extract(ds, fn, batch_size=7, progress=False)
+    keys_b, out_b = extract(ds, fn, batch_size=64, progress=False)
+    assert np.array_equal(keys_a, ds.keys) and np.array_equal(keys_a, keys_b)
+    assert np.allclose(out_a["mean"], out_b["mean"])
+    expect = np.array([ds.load_array(i).mean() for i in range(len(ds))])
+    assert np.allclose(out_a["mean"], expect, atol=1e-4)
+
+
+def test_embed_dataset_cache_is_reused_and_checked(tmp_path):
+    ds = load_digits_dataset("test").subset(np.arange(40))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8))
+    cache = tmp_path / "emb.npz"
+    k1, f1 = embed_dataset(net, ds, batch_size=16, normalize=True, cache_path=cache, progress=False)
+    assert np.allclose(np.linalg.norm(f1, axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        net[1].weight.zero_()  # a stale model: the cache must be what is returned
+    k2, f2 = embed_dataset(net, ds, batch_size=16, normalize=True, cache_path=cache, progress=False)
+    assert np.array_equal(f1, f2)
+    other = load_digits_dataset("test").subset(np.arange(10))
+    k3, _ = embed_dataset(net, other, cache_path=cache, progress=False)  # other indices: recomputed
+    assert np.array_equal(k3, other.keys)
