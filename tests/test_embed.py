@@ -33,3 +33,27 @@ def test_embed_dataset_cache_is_reused_and_checked(tmp_path):
     other = load_digits_dataset("test").subset(np.arange(10))
     k3, _ = embed_dataset(net, other, cache_path=cache, progress=False)  # other indices: recomputed
     assert np.array_equal(k3, other.keys)
+
+
+def test_two_processes_give_exactly_one_row_per_index(tmp_path):
+    """37 images, batch 5, 2 processes: shards and the last batch are uneven; nothing lost or repeated."""
+    from tests.multiproc import run_distributed
+
+    code = """
+    import sys, numpy as np
+    from accelerate import Accelerator
+    from sslguard.data import load_digits_dataset
+    from sslguard.embed import extract
+    acc = Accelerator(cpu=True)
+    assert acc.num_processes == 2
+    ds = load_digits_dataset("test").subset(np.arange(37))
+    keys, out = extract(ds, lambda x: x.float().mean(dim=(1, 2, 3)), batch_size=5, accelerator=acc, progress=False)
+    if acc.is_main_process:
+        np.savez(sys.argv[1], keys=keys, f=out["features"])
+    """
+    run_distributed(code, tmp_path, args=[str(tmp_path / "out.npz")])
+    got = np.load(tmp_path / "out.npz")
+    ds = load_digits_dataset("test").subset(np.arange(37))
+    keys, out = extract(ds, lambda x: x.float().mean(dim=(1, 2, 3)), batch_size=5, progress=False)
+    assert len(got["keys"]) == 37 and len(np.unique(got["keys"])) == 37
+    assert np.array_equal(got["keys"], keys) and np.allclose(got["f"], out["features"])
