@@ -209,3 +209,32 @@ class AttackConfig:
         _check(0.0 <= self.rate <= 1.0, f"{key}.rate", f"must be in [0, 1], got {self.rate}")
         _check(self.rate_of in ("target", "dataset"), f"{key}.rate_of", "must be target or dataset")
         _check(self.target >= 0, f"{key}.target", "must be a class id >= 0")
+        import inspect
+
+        from sslguard.data.attacks import ATTACKS, list_attacks
+
+        names = list_attacks()
+        _check(self.name in names, f"{key}.name", f"unknown attack {self.name!r}; choose from {', '.join(names)}")
+        sig = inspect.signature(ATTACKS[self.name].__init__)
+        known = [p for p in sig.parameters if p not in ("self", "target", "rate", "rate_of", "seed", "model")]
+        for k in self.params:
+            _check(k in known, f"{key}.params.{k}", f"not a parameter of {self.name} (known: {', '.join(known)})")
+
+
+@dataclass
+class PoisonConfig:
+    """``scripts/poison.py``: poison ``data`` with ``attack``, write the manifest (CSV + JSON) to
+    ``output_dir`` and, when ``preview`` names a PNG, a grid of clean versus poisoned examples."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    output_dir: str = "runs/poison"
+    preview: Optional[str] = None
+    preview_n: int = 8  # examples (columns) in the preview grid
+    data_seed: int = 0  # split/subset seed of the dataset; kept apart from attack.seed so the images stay put
+
+    def validate(self) -> None:
+        self.data.validate("data")
+        self.attack.validate("attack")  # also checks attack.name and attack.params.<key>
+        _check(self.preview_n > 0, "preview_n", "must be positive")
+        _check(bool(self.output_dir), "output_dir", "must not be empty")
