@@ -56,6 +56,9 @@ def write_clean_manifest(out_dir: str | os.PathLike, dataset, flagged_keys: Sequ
     if unknown:
         raise KeyError(f"flagged indices not in the dataset: {sorted(unknown)[:5]}")
     paths = dataset.all_paths() if hasattr(dataset, "all_paths") else [None] * len(keys)
+    for p in paths:  # one path per line: a name with a line break would inject a second entry
+        if p and ("\n" in p or "\r" in p):
+            raise ValueError(f"{p!r}: a file name with a line break cannot be written to a manifest")
     kept = [i for i, k in enumerate(keys.tolist()) if k not in flagged_set]
     flagged_pos = [i for i, k in enumerate(keys.tolist()) if k in flagged_set]
     clean_indices = atomic_write_text(out / "clean_indices.txt", "".join(f"{keys[i]}\n" for i in kept))

@@ -354,6 +354,8 @@ class ImageFolderDataset(IndexedDataset):
     def _check_all(self, paths: list[Path], check: str, num_workers: int, progress: bool) -> list[str | None]:
         def one(p: Path) -> str | None:
             try:
+                if "\n" in str(p) or "\r" in str(p):  # would split into two lines of a clean manifest
+                    raise ImageLoadError(str(p), "file name contains a line break (cannot be listed in a manifest)")
                 if check == "decode":
                     load_rgb(p, self.max_pixels)
                 else:
@@ -365,6 +367,8 @@ class ImageFolderDataset(IndexedDataset):
                                 raise ImageLoadError(str(p), f"image too large ({im.width}x{im.height} px)")
                     except Image.UnidentifiedImageError:
                         raise ImageLoadError(str(p), "not an image (unrecognised format)") from None
+                    except Image.DecompressionBombError as exc:  # PIL refuses > 2x its own limit at open
+                        raise ImageLoadError(str(p), f"image too large (decompression-bomb limit): {exc}") from None
                 return None
             except ImageLoadError as exc:
                 if self.on_error == "raise":

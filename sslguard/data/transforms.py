@@ -30,7 +30,14 @@ class TransformDataset(Dataset):
 
 
 class ResizeUint8:
-    """PIL image -> ``uint8`` tensor ``(3, size, size)``; resize (shorter side) + centre crop when needed."""
+    """PIL image -> ``uint8`` tensor ``(3, size, size)``; resize (shorter side) + centre crop when needed.
+
+    Images longer than ``MAX_ASPECT`` times their shorter side are centre-cropped to that ratio first:
+    only the centre survives the final crop anyway, and a hostile 1 x 10^6 pixel strip would otherwise
+    be upscaled to 32 x 3.2*10^7 pixels (gigabytes) before it. Other images are unaffected.
+    """
+
+    MAX_ASPECT = 8
 
     def __init__(self, size: int | None):
         self.size = size
@@ -38,6 +45,11 @@ class ResizeUint8:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.size is not None and img.size != (self.size, self.size):
             w, h = img.size
+            keep = self.MAX_ASPECT * min(w, h)
+            if max(w, h) > keep:
+                left, top = max(0, (w - keep) // 2), max(0, (h - keep) // 2)
+                img = img.crop((left, top, left + min(w, keep), top + min(h, keep)))
+                w, h = img.size
             scale = self.size / min(w, h)
             img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
             w, h = img.size

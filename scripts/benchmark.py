@@ -1,0 +1,172 @@
+"""Benchmarks behind the project's defaults and documented numbers, one subcommand each.
+
+    python scripts/benchmark.py ssl --minutes 10 --n-train 10000
+    python scripts/benchmark.py ssl --minutes 1 --n-train 2000 --output benchmarks/ssl_quick.md
+    python scripts/benchmark.py repair --config configs/repair_cifar10.yaml --threads 1
+    python scripts/benchmark.py detect --config configs/cifar10_detect.yaml --threads 1
+
+To add a benchmark: write ``add_<name>(subparsers)`` that adds a parser and sets ``func`` to a
+function taking the parsed args (it calls the library in ``sslguard.bench``), and list it in
+``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _run_ssl(args: argparse.Namespace) -> int:
+    from sslguard.bench.ssl import run_ssl_benchmark
+
+    res = run_ssl_benchmark(
+        minutes=args.minutes, n_train=args.n_train, batch_size=args.batch_size, backbones=args.backbones,
+        throughput_steps=args.throughput_steps, threads=args.threads, attack=None if args.attack == "none" else args.attack,
+        attack_params=json.loads(args.attack_params) if args.attack_params else None, target=args.target,
+        poison_rate=args.poison_rate, knn_k=args.knn_k, n_backdoor_test=args.n_backdoor_test, seed=args.seed,
+        cifar_root=args.cifar_root, output=args.output, work_dir=args.work_dir, progress=args.progress,
+        argv=" ".join(sys.argv[2:]),
+    )
+    for row in res["throughput"]:
+        print(f"{row['backbone']:>20}: {row['images_per_s']:.0f} img/s ({row['threads']} threads)")
+    for name, e in res["encoders"].items():
+        b = e.get("backdoor") or {}
+        print(f"{name} encoder: {e['epochs']} epochs, {e['train_seconds']:.0f} s, kNN top-1 {e['knn_top1']:.4f}, "
+              f"target rate trigger {b.get('triggered')}, random patch {b.get('random_patch')}, clean {b.get('clean')}")
+    print(f"backdoor learned: {res['backdoor_verdict']}; table: {args.output}")
+    return 0
+
+
+def add_ssl(sub) -> None:
+    p = sub.add_parser("ssl", help="SimCLR on CIFAR-10: throughput per backbone, kNN top-1, backdoor learned?")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget for both encoders together")
+    p.add_argument("--n-train", type=int, default=10000, help="CIFAR-10 training images (per-class subset)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--backbones", nargs="+", default=["convnet4:32", "cifar_resnet18:32", "cifar_resnet18:64"],
+                   help="name[:width] for the throughput table")
+    p.add_argument("--throughput-steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); use 1 on a shared machine, where more threads contend")
+    p.add_argument("--attack", default="htba", help="attack for the poisoned encoder, or none")
+    p.add_argument("--attack-params", default=None, help='JSON, e.g. \'{"trigger_size": 12}\'')
+    p.add_argument("--target", type=int, default=0)
+    p.add_argument("--poison-rate", type=float, default=0.5, help="fraction of the target class poisoned")
+    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--n-backdoor-test", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cifar-root", default=None)
+    p.add_argument("--output", default="benchmarks/ssl.md")
+    p.add_argument("--work-dir", default=None, help="keep checkpoints here (resumable); default: a temp folder")
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=_run_ssl)
+
+
+def _run_classifier(args: argparse.Namespace) -> int:
+    from sslguard.bench.classifier import run_classifier_benchmark
+
+    res = run_classifier_benchmark(
+        scenarios=args.scenarios, n_per_class=args.n_per_class, n_eval_per_class=args.n_eval_per_class,
+        n_benign_per_class=args.n_benign_per_class, backbone=args.backbone, width=args.width, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, rate=args.rate, rate_of=args.rate_of, target=args.target,
+        trigger_fraction=args.trigger_fraction, lc_rate=args.lc_rate, lc_amplitude=args.lc_amplitude, lc_epsilon=args.lc_epsilon, art=not args.no_art,
+        threads=args.threads, seed=args.seed, cifar_root=args.cifar_root, output=args.output, work_dir=args.work_dir,
+        progress=args.progress, argv=" ".join(sys.argv[1:]),
+    )
+    for sc in res["scenarios"]:
+        print(f"{sc['scenario']}: clean acc {sc['model']['clean_acc']:.3f}, ASR {sc['model']['asr']:.3f}")
+        for name, r in sc["rows"].items():
+            print(f"  {name:>45}: F1 {r['f1']:.3f} AUROC {r['auroc']:.3f} ({r['seconds']:.1f} s)")
+    print(f"table: {args.output}")
+    return 0
+
+
+def add_classifier(sub) -> None:
+    p = sub.add_parser("classifier", help="classifier-stage detectors vs ART on poisoned CIFAR-10, l-inf pruning curve")
+    p.add_argument("--scenarios", nargs="+", default=["badnets", "label_consistent"], choices=["badnets", "label_consistent"])
+    p.add_argument("--n-per-class", type=int, default=500, help="CIFAR-10 training images per class")
+    p.add_argument("--n-eval-per-class", type=int, default=200, help="test images per class for accuracy and ASR")
+    p.add_argument("--n-benign-per-class", type=int, default=20, help="trusted benign images per class (critical layer, pruning)")
+    p.add_argument("--backbone", default="convnet4")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--rate", type=float, default=0.1, help="badnets poison rate")
+    p.add_argument("--rate-of", default="dataset", choices=["dataset", "target"])
+    p.add_argument("--target", type=int, default=0)
+    p.add_argument("--trigger-fraction", type=float, default=0.15, help="badnets patch side / image side")
+    p.add_argument("--lc-rate", type=float, default=0.5, help="label-consistent: fraction of the target class poisoned")
+    p.add_argument("--lc-amplitude", type=float, default=64.0, help="label-consistent sticker amplitude (0-255)")
+    p.add_argument("--lc-epsilon", type=float, default=8.0, help="label-consistent PGD radius (0-255)")
+    p.add_argument("--no-art", action="store_true", help="skip ART's defences")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cifar-root", default=None)
+    p.add_argument("--output", default="benchmarks/classifier.md")
+    p.add_argument("--work-dir", default=None, help="keep trained models here; a rerun with the same settings reuses them")
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=_run_classifier)
+
+
+def _run_repair(args: argparse.Namespace) -> int:
+    import torch
+
+    from sslguard.bench.repair import run_repair_benchmark
+    from sslguard.config import RepairConfig, load_config
+
+    cfg = load_config(RepairConfig, args.config, args.overrides)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    paths = run_repair_benchmark(cfg, cfg.output_dir, command="python scripts/benchmark.py " + " ".join(sys.argv[1:]),
+                                 progress=args.progress)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def add_repair(sub) -> None:
+    p = sub.add_parser("repair", help="trigger persistence per regulariser; clean fine-tuning vs l-inf pruning")
+    p.add_argument("--config", default=None, help="YAML (sslguard.config.RepairConfig), e.g. configs/repair_cifar10.yaml")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); use 1 on a shared machine, where more threads contend")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. epochs=3 sections=[repair]")
+    p.set_defaults(func=_run_repair)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    import torch
+
+    from sslguard.bench.detect import BenchConfig, run_detect_benchmark
+    from sslguard.config import load_config
+
+    cfg = load_config(BenchConfig, args.config, args.overrides)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"table: {run_detect_benchmark(cfg)}")
+    return 0
+
+
+def add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="PoisonCAM vs PatchSearch on poisoned CIFAR-10 (SSL encoder), time and memory")
+    p.add_argument("--config", default=None, help="YAML (sslguard.bench.detect.BenchConfig), e.g. configs/cifar10_detect.yaml")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); use 1 on a shared machine, where more threads contend")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. settings=[htba12_50] scale=false")
+    p.set_defaults(func=_run_detect)
+
+
+SUBCOMMANDS = [add_ssl, add_classifier, add_repair, add_detect]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

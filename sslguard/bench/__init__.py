@@ -1,0 +1,1 @@
+"""Benchmarks: reproducible measurements behind the defaults and the numbers in the docs."""

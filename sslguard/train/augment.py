@@ -1,0 +1,330 @@
+"""SimCLR/BYOL augmentations applied to whole batches on the training device.
+
+The augmentations are those of SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning
+of Visual Representations", appendix A) and BYOL (Grill et al. 2020, "Bootstrap Your Own Latent",
+table 6): random resized crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue
+in a random order), random greyscale, and at ImageNet size Gaussian blur and (BYOL's second view)
+solarization. lightly's :class:`lightly.transforms.SimCLRTransform` is the reference; the tests check
+that :class:`BatchAugment` draws from the same distributions.
+
+Why not lightly's transforms: they run per image on PIL images in the loader, which caps CPU SimCLR
+at about 170 images/s while a small ConvNet trains at about 1,500 images/s. Here every random
+parameter is drawn per sample (vectorised, on the CPU from a seeded ``torch.Generator`` so runs repeat
+on any device) and the pixel work runs batched on the images' device (CPU or GPU).
+
+Limits: crops are resampled bilinearly with ``torchvision.ops.roi_align`` (which averages several
+samples per output pixel when a crop is shrunk, a box-filter antialias rather than PIL's); jitter
+runs on float images, so results differ from PIL's 8-bit arithmetic by rounding (<= 1/255 per op).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+# The project's normalisation (same as sslguard.data.transforms.to_float); saved in encoder metadata.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+# ITU-R 601 luma weights, the ones torchvision's rgb_to_grayscale and PIL's "L" mode use.
+_LUMA = (0.2989, 0.587, 0.114)
+
+# Index of each jitter op in the per-sample order (torchvision ColorJitter's order of fn_idx).
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample random parameters of one batch (CPU tensors of length N)."""
+
+    crop: torch.Tensor  # (N, 4) float: x0, y0, w, h in input pixels (integers, as torchvision draws them)
+    flip: torch.Tensor  # (N,) bool
+    jitter: torch.Tensor  # (N,) bool: colour jitter applied
+    factors: torch.Tensor  # (N, 4) float: brightness, contrast, saturation factors and hue shift
+    order: torch.Tensor  # (N, 4) long: a permutation of the four jitter ops per sample
+    gray: torch.Tensor  # (N,) bool
+    blur: torch.Tensor  # (N,) bool
+    sigma: torch.Tensor  # (N,) float
+    solarize: torch.Tensor  # (N,) bool
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    # torchvision's _blend with a per-sample factor (its functional ops take one scalar per call).
+    return (f.view(-1, 1, 1, 1) * a + (1.0 - f.view(-1, 1, 1, 1)) * b).clamp_(0.0, 1.0)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    # torchvision's formulas (private there); needed because adjust_hue accepts only one scalar shift.
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    crd = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = (i.to(torch.int64) % 6).unsqueeze(1)
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    # pick each channel's value by hue sector (a gather instead of torchvision's one-hot einsum: cheaper)
+    r = torch.stack((v, q, p, p, t, v), dim=1).gather(1, i)
+    g = torch.stack((t, v, v, q, p, p), dim=1).gather(1, i)
+    b = torch.stack((p, p, t, v, v, q), dim=1).gather(1, i)
+    return torch.cat((r, g, b), dim=1)
+
+
+def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``torchvision.transforms.functional.adjust_brightness`` on float images in [0, 1]."""
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``adjust_contrast``: blend with the image's mean grey level."""
+    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean.expand_as(x), f)
+
+
+def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``adjust_saturation``: blend with the image's greyscale version."""
+    return _blend(x, _grayscale(x).expand_as(x), f)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``adjust_hue``: rotate the hue by ``shift`` (in turns, within [-0.5, 0.5])."""
+    hsv = _rgb_to_hsv(x)
+    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
+    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gaussian blur (separable, reflect padding), kernel radius ceil(3 * max sigma)."""
+    n, c, hgt, wid = x.shape
+    radius = max(1, min(int(math.ceil(3.0 * float(sigma.max()))), min(hgt, wid) - 1))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-(t.view(1, -1) ** 2) / (2.0 * sigma.to(x.device, x.dtype).view(-1, 1) ** 2))
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
+    y = x.reshape(1, n * c, hgt, wid)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, hgt, wid)
+
+
+class BatchAugment:
+    """One SimCLR/BYOL view for a whole batch, with per-sample random parameters.
+
+    Args mirror :class:`lightly.transforms.SimCLRViewTransform`: ``size`` (output side), crop
+    ``scale``/``ratio`` ranges, ``hflip_prob``, ``cj_prob`` with ``brightness``/``contrast``/
+    ``saturation``/``hue`` strengths (factors drawn from ``[1-s, 1+s]``, hue from ``[-h, h]``),
+    ``gray_prob``, ``blur_prob`` with ``blur_sigma`` range, ``solarize_prob`` (BYOL), and the
+    normalisation ``mean``/``std``.
+
+    Call with a ``uint8`` (0..255) or float (0..1) batch ``(N, 3, H, W)`` on any device; returns a
+    normalised float32 batch ``(N, 3, size, size)`` on that device.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        hflip_prob: float = 0.5,
+        cj_prob: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.4,
+        hue: float = 0.1,
+        gray_prob: float = 0.2,
+        blur_prob: float = 0.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        solarize_prob: float = 0.0,
+        solarize_threshold: float = 0.5,
+        mean: tuple[float, float, float] = DEFAULT_MEAN,
+        std: tuple[float, float, float] = DEFAULT_STD,
+    ):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        for name, p in (("hflip_prob", hflip_prob), ("cj_prob", cj_prob), ("gray_prob", gray_prob),
+                        ("blur_prob", blur_prob), ("solarize_prob", solarize_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.size = int(size)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.hflip_prob, self.cj_prob, self.gray_prob = hflip_prob, cj_prob, gray_prob
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.blur_prob, self.blur_sigma = blur_prob, tuple(blur_sigma)
+        self.solarize_prob, self.solarize_threshold = solarize_prob, solarize_threshold
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __repr__(self) -> str:
+        keys = ("size", "scale", "ratio", "hflip_prob", "cj_prob", "brightness", "contrast", "saturation", "hue",
+                "gray_prob", "blur_prob", "blur_sigma", "solarize_prob")
+        return f"BatchAugment({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
+
+    # ------------------------------------------------------------------------------ parameters
+    def sample_crops(self, n: int, height: int, width: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        """``(n, 4)`` boxes ``x0, y0, w, h``: torchvision's RandomResizedCrop.get_params, vectorised.
+
+        Ten tries per sample (area uniform in ``scale``, log aspect ratio uniform in ``ratio``); the
+        first that fits is kept, else the central crop with the ratio clamped, exactly as torchvision.
+        """
+        area = float(height * width)
+        tries = 10
+        target = area * _uniform(n * tries, *self.scale, gen).view(n, tries)
+        logr = _uniform(n * tries, math.log(self.ratio[0]), math.log(self.ratio[1]), gen).view(n, tries)
+        aspect = torch.exp(logr)
+        w = torch.round(torch.sqrt(target * aspect))
+        h = torch.round(torch.sqrt(target / aspect))
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = torch.argmax(ok.to(torch.int8), dim=1)
+        any_ok = ok.any(dim=1)
+        w = w.gather(1, first.view(-1, 1)).squeeze(1)
+        h = h.gather(1, first.view(-1, 1)).squeeze(1)
+        u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+        y0 = torch.floor(u[:, 0] * (height - h + 1))
+        x0 = torch.floor(u[:, 1] * (width - w + 1))
+        # fallback: central crop, aspect ratio clamped into the range
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            fw, fh = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            fw, fh = int(round(height * self.ratio[1])), height
+        else:
+            fw, fh = width, height
+        fx, fy = (width - fw) // 2, (height - fh) // 2
+        x0 = torch.where(any_ok, x0, torch.full_like(x0, fx))
+        y0 = torch.where(any_ok, y0, torch.full_like(y0, fy))
+        w = torch.where(any_ok, w, torch.full_like(w, fw))
+        h = torch.where(any_ok, h, torch.full_like(h, fh))
+        return torch.stack((x0, y0, w, h), dim=1).float()
+
+    def sample(self, n: int, height: int, width: int, gen: torch.Generator | None = None) -> AugmentParams:
+        """Draw every random parameter of a batch of ``n`` images of ``height`` x ``width``."""
+        crop = self.sample_crops(n, height, width, gen)
+        flip = torch.rand(n, generator=gen) < self.hflip_prob
+        jitter = torch.rand(n, generator=gen) < self.cj_prob
+        factors = torch.stack(
+            [
+                _uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, gen),
+                _uniform(n, max(0.0, 1 - self.contrast), 1 + self.contrast, gen),
+                _uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, gen),
+                _uniform(n, -self.hue, self.hue, gen),
+            ],
+            dim=1,
+        ).float()
+        order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)  # a uniform random permutation per sample
+        gray = torch.rand(n, generator=gen) < self.gray_prob
+        blur = torch.rand(n, generator=gen) < self.blur_prob
+        sigma = _uniform(n, *self.blur_sigma, gen).float()
+        solarize = torch.rand(n, generator=gen) < self.solarize_prob
+        return AugmentParams(crop, flip, jitter, factors, order, gray, blur, sigma, solarize)
+
+    # ------------------------------------------------------------------------------ pixels
+    def apply(self, images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+        """Apply drawn parameters ``p`` to ``images`` (``uint8`` or float in [0, 1], ``(N, 3, H, W)``)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a batch (N, 3, H, W), got shape {tuple(images.shape)}")
+        dev = images.device
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        n = x.shape[0]
+        crop = p.crop.to(dev)
+        boxes = torch.cat(
+            [torch.arange(n, device=dev, dtype=x.dtype).view(-1, 1), crop[:, :2], crop[:, :2] + crop[:, 2:]], dim=1
+        )
+        # roi_align with aligned=True samples at pixel centres like a resize with align_corners=False;
+        # sampling_ratio=-1 averages ceil(box/size) samples per output pixel when a crop shrinks.
+        x = roi_align(x, boxes, output_size=(self.size, self.size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        flip = p.flip.to(dev).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+        jit = p.jitter.to(dev)
+        if bool(jit.any()):
+            fac, order = p.factors.to(dev), p.order.to(dev)
+            ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+            for step in range(4):
+                for op_id, op in enumerate(ops):
+                    idx = torch.nonzero(jit & (order[:, step] == op_id)).flatten()
+                    if idx.numel():
+                        x[idx] = op(x[idx], fac[idx, op_id])
+        gray = p.gray.to(dev)
+        if bool(gray.any()):
+            x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+        blur = p.blur.to(dev)
+        if bool(blur.any()):
+            idx = torch.nonzero(blur).flatten()
+            x[idx] = gaussian_blur(x[idx], p.sigma.to(dev)[idx])
+        sol = p.solarize.to(dev)
+        if bool(sol.any()):
+            solar = torch.where(x >= self.solarize_threshold, 1.0 - x, x)
+            x = torch.where(sol.view(-1, 1, 1, 1), solar, x)
+        mean = torch.as_tensor(self.mean, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images.shape[0], images.shape[2], images.shape[3], gen))
+
+
+def ssl_augmentations(method: str, image_size: int, *, min_scale: float | None = None,
+                      mean: tuple[float, float, float] = DEFAULT_MEAN,
+                      std: tuple[float, float, float] = DEFAULT_STD) -> tuple[BatchAugment, BatchAugment]:
+    """The two view augmentations of ``method`` (``simclr`` or ``byol``) for images of ``image_size``.
+
+    CIFAR-size (<= 64 px): crop scale (0.08, 1), jitter 0.4/0.4/0.4/0.1 with p=0.8, greyscale p=0.2,
+    no blur (SimCLR appendix B.9: blur hurts at 32 px); BYOL adds solarization p=0.2 to view 2.
+    ImageNet-size: SimCLR jitter 0.8/0.8/0.8/0.2 and blur p=0.5 on both views; BYOL jitter
+    0.4/0.4/0.2/0.1, blur p=1.0 / 0.1 and solarization p=0 / 0.2 (Grill et al. 2020, table 6).
+    """
+    scale = (0.08 if min_scale is None else float(min_scale), 1.0)
+    small = image_size <= 64
+    common = dict(scale=scale, mean=mean, std=std)
+    if method == "simclr":
+        if small:
+            v = BatchAugment(image_size, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, **common)
+        else:
+            v = BatchAugment(image_size, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5,
+                             **common)
+        return v, v
+    if method == "byol":
+        if small:
+            v1 = BatchAugment(image_size, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, **common)
+            v2 = BatchAugment(image_size, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, solarize_prob=0.2,
+                              **common)
+        else:
+            v1 = BatchAugment(image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_prob=1.0,
+                              **common)
+            v2 = BatchAugment(image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_prob=0.1,
+                              solarize_prob=0.2, **common)
+        return v1, v2
+    raise ValueError(f"ssl.method: unknown method {method!r}; choose simclr or byol")

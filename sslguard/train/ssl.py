@@ -1,0 +1,422 @@
+"""SSL pretraining loop (SimCLR, Chen et al. 2020; BYOL, Grill et al. 2020) on one CPU or many GPUs.
+
+:func:`train_ssl` runs the same code as plain ``python`` on one CPU and under ``accelerate launch``
+on many processes: ``accelerate`` wraps the model for DDP, handles mixed precision and gives
+main-process-only logging and saving. Batches arrive as ``uint8`` and are augmented on the device
+(:mod:`sslguard.train.augment`), two views per image.
+
+Choices and why:
+
+- ``batch_size`` is the *global* batch (summed over processes), so a config means the same run on
+  any number of processes; each process gets ``batch_size // num_processes`` images. SimCLR's loss
+  gathers projections across processes, so its negatives are the global batch.
+- Optimizer: SGD, momentum 0.9, weight decay 5e-4, ``lr = 0.06 * batch_size / 256``, linear warmup
+  then cosine decay per step (lightly's ``CosineWarmupScheduler``). This is the recipe of lightly's
+  CIFAR-10 benchmarks at batch 128-512; LARS (``optimizer="lars"``) only pays off at the 4k batches
+  of the papers, and Adam(W) (``"adamw"``, lr 1e-3 * bs/256) is offered for tiny or unstable runs.
+- Data order: a ``DistributedSampler`` seeded by ``(seed, epoch)``; augmentation draws from a CPU
+  generator seeded by ``(seed, epoch, rank)``. Both depend only on the epoch, so a run resumed from an
+  epoch checkpoint replays exactly what the uninterrupted run would have done.
+- Checkpoints (every ``checkpoint_every`` epochs and at the end) hold model (incl. BYOL's momentum
+  network), optimizer, scheduler, grad scaler, RNG states, epoch, step and history; written
+  atomically and read with ``torch.load(weights_only=True)`` (plain tensors and numbers only).
+
+Limits: resume is at epoch granularity (a crash mid-epoch repeats that epoch); BatchNorm statistics
+are per process; the kNN monitor runs on the main process only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from sslguard.data.transforms import ResizeUint8, TransformDataset, collate_uint8
+from sslguard.models.ssl import BYOL, load_backbone, save_backbone  # noqa: F401  (load_backbone re-exported)
+from sslguard.train.augment import BatchAugment, ssl_augmentations
+from sslguard.utils.io import atomic_path, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "sslguard-ssl-checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+ENCODER_NAME = "encoder.safetensors"
+OPTIMIZERS = ("sgd", "adamw", "lars")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class SSLTrainResult:
+    """What :func:`train_ssl` did: per-epoch history, kNN monitor, timing and the files it wrote."""
+
+    epochs: int
+    start_epoch: int  # epoch this call started from (> 0 when it resumed)
+    global_step: int
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch, resumed ones included
+    seconds: float = 0.0  # training time of this call (kNN and checkpoints excluded)
+    images_per_second: float = 0.0  # global images (one image = two views) per second in this call
+    output_dir: Path | None = None
+    encoder_path: Path | None = None
+    checkpoint_path: Path | None = None
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.history]
+
+    @property
+    def knn(self) -> list[tuple[int, float]]:
+        return [(int(r["epoch"]), r["knn_top1"]) for r in self.history if "knn_top1" in r]
+
+    @property
+    def final_knn(self) -> float | None:
+        k = self.knn
+        return k[-1][1] if k else None
+
+
+def default_lr(optimizer: str, batch_size: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017) from a per-256-images base rate."""
+    base = {"sgd": 0.06, "lars": 0.3, "adamw": 1e-3}[optimizer]
+    return base * batch_size / 256
+
+
+def _build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "lars":
+        from lightly.utils.lars import LARS
+
+        return LARS(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"ssl.optimizer: unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _epoch_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint (tensors and plain values only; no arbitrary objects are unpickled)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an sslguard SSL checkpoint")
+    return ckpt
+
+
+def train_ssl(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float | None = None,
+    weight_decay: float = 5e-4,
+    optimizer: str = "sgd",
+    warmup_epochs: float = 0.0,
+    schedule_epochs: int | None = None,
+    image_size: int | None = 32,
+    augment: tuple[BatchAugment, BatchAugment] | None = None,
+    output_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    mixed_precision: str = "no",
+    channels_last: bool = False,
+    checkpoint_every: int = 1,
+    resume: bool = True,
+    knn_every: int = 0,
+    knn_train=None,
+    knn_test=None,
+    knn_k: int = 200,
+    knn_t: float = 0.1,
+    num_workers: int = 0,
+    accelerator=None,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> SSLTrainResult:
+    """Train ``model`` (:class:`~sslguard.models.ssl.SimCLR` or :class:`~sslguard.models.ssl.BYOL`) on ``dataset``.
+
+    ``dataset`` yields ``(PIL image, label, index)``; images are resized to ``image_size`` (``None``:
+    all already share one size) and augmented on the device with ``augment`` (default:
+    :func:`ssl_augmentations` for the model's method). ``lr`` defaults to :func:`default_lr`.
+    ``schedule_epochs`` (default ``epochs``) is the length of the LR and momentum schedules: set it
+    larger than ``epochs`` to train the first part of a longer run, which a later call resumes.
+
+    With ``output_dir``: a checkpoint every ``checkpoint_every`` epochs and at the end
+    (``checkpoint.pt``), ``encoder.safetensors`` (backbone only, :func:`save_backbone`) and
+    ``history.json``; with ``resume`` a matching checkpoint there is continued (one written with other
+    settings is an error). ``knn_every > 0`` with ``knn_train``/``knn_test`` (labeled datasets) logs
+    weighted kNN top-1 (:func:`sslguard.knn.knn_accuracy`) every that many epochs and at the end.
+    ``on_epoch_end(epoch, record)`` is called on every process after each epoch's checkpoint.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from lightly.utils.scheduler import CosineWarmupScheduler
+    from tqdm.auto import tqdm
+
+    if epochs < 0:
+        raise ValueError(f"ssl.epochs: must be >= 0, got {epochs}")
+    if batch_size <= 0:
+        raise ValueError(f"ssl.batch_size: must be positive, got {batch_size}")
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"ssl.mixed_precision: must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    if checkpoint_every < 0 or knn_every < 0:
+        raise ValueError("ssl.checkpoint_every and ssl.knn_every must be >= 0")
+    method = getattr(model, "method", None)
+    if method not in ("simclr", "byol"):
+        raise ValueError("train_ssl: model must be a SimCLR or BYOL model (see sslguard.models.ssl.build_ssl_model)")
+    if knn_every and (knn_train is None or knn_test is None):
+        raise ValueError("ssl.knn_every > 0 needs knn_train and knn_test datasets")
+    schedule_epochs = epochs if schedule_epochs is None else int(schedule_epochs)
+    if schedule_epochs < epochs:
+        raise ValueError(f"schedule_epochs ({schedule_epochs}) must be >= epochs ({epochs})")
+
+    acc = accelerator if accelerator is not None else Accelerator(mixed_precision=mixed_precision,
+                                                                   cpu=not torch.cuda.is_available())
+    world, rank = acc.num_processes, acc.process_index
+    if batch_size % world:
+        raise ValueError(f"ssl.batch_size: {batch_size} is not divisible by the {world} processes")
+    per_proc = batch_size // world
+    steps_per_epoch = (len(dataset) // world) // per_proc
+    if steps_per_epoch == 0:
+        raise ValueError(f"ssl.batch_size: {batch_size} is larger than the dataset ({len(dataset)} images); "
+                         "lower it (batches are drop_last)")
+    total_steps = steps_per_epoch * schedule_epochs
+    lr = default_lr(optimizer, batch_size) if lr is None else float(lr)
+    out = Path(output_dir) if output_dir is not None else None
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    fingerprint = {"method": method, "backbone": model.backbone.backbone_name, "batch_size": batch_size, "lr": lr,
+                   "weight_decay": weight_decay, "optimizer": optimizer, "schedule_epochs": schedule_epochs,
+                   "warmup_epochs": float(warmup_epochs), "seed": seed, "n_images": len(dataset),
+                   "image_size": image_size if image_size is not None else -1, "num_processes": world}
+
+    set_seed(seed)
+    if augment is None:
+        size = image_size if image_size is not None else int(np.asarray(dataset.load_array(0)).shape[0])
+        augment = ssl_augmentations(method, size)
+    aug0, aug1 = augment
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _build_optimizer(optimizer, params, lr, weight_decay)
+    sched = CosineWarmupScheduler(opt, warmup_epochs=int(round(warmup_epochs * steps_per_epoch)),
+                                  max_epochs=total_steps, start_value=1.0, end_value=0.0)
+    model, opt = acc.prepare(model, opt)
+    # The scheduler stays unprepared: accelerate would step it num_processes times per step, which
+    # suits per-process batch sizes; ours counts global steps.
+    raw = acc.unwrap_model(model)
+
+    start_epoch, global_step, history = 0, 0, []
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        diff = {k: (ckpt["fingerprint"].get(k), v) for k, v in fingerprint.items() if ckpt["fingerprint"].get(k) != v}
+        if diff:
+            raise ValueError(f"{ckpt_path}: written by a run with other settings {diff} (checkpoint, now); "
+                             "use another output_dir or resume=False")
+        raw.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") is not None and acc.scaler is not None:
+            acc.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch, global_step, history = int(ckpt["epoch"]), int(ckpt["global_step"]), list(ckpt["history"])
+        if acc.is_main_process:
+            log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+
+    def save_checkpoint(epoch: int) -> None:
+        if ckpt_path is None:
+            return
+        if acc.is_main_process:
+            state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": global_step,
+                     "model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                     "rng": _rng_state(), "history": history, "fingerprint": fingerprint}
+            with atomic_path(ckpt_path, suffix=".pt") as tmp:
+                torch.save(state, tmp)
+        acc.wait_for_everyone()
+
+    def knn_eval() -> float | None:
+        from sslguard.knn import extract_features, knn_accuracy
+
+        value = None
+        if acc.is_main_process:
+            kw = dict(batch_size=max(per_proc, 64), image_size=image_size, device=acc.device,
+                      mean=aug0.mean, std=aug0.std, channels_last=channels_last)
+            with acc.autocast():
+                ftr, ltr, _ = extract_features(raw.backbone, knn_train, **kw)
+                fte, lte, _ = extract_features(raw.backbone, knn_test, **kw)
+            value = knn_accuracy(ftr, ltr, fte, lte, k=knn_k, t=knn_t)
+        acc.wait_for_everyone()
+        return value
+
+    loader = DataLoader(
+        TransformDataset(dataset, ResizeUint8(image_size)), batch_size=per_proc, num_workers=num_workers,
+        sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True),
+        collate_fn=collate_uint8, drop_last=True, persistent_workers=num_workers > 0,
+        pin_memory=acc.device.type == "cuda",
+    )
+    model.train()
+    train_seconds, images_seen = 0.0, 0
+    for epoch in range(start_epoch, epochs):
+        loader.sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, rank))
+        loss_sum = torch.zeros((), device=acc.device)
+        t0 = time.perf_counter()
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"{method} epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not (progress and acc.is_main_process))
+        for images, _, _ in bar:
+            x = images.to(acc.device, non_blocking=True)
+            v0, v1 = aug0(x, gen), aug1(x, gen)
+            if channels_last:
+                v0 = v0.contiguous(memory_format=torch.channels_last)
+                v1 = v1.contiguous(memory_format=torch.channels_last)
+            with acc.autocast():
+                loss = model(v0, v1)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            sched.step()
+            if isinstance(raw, BYOL):
+                raw.update_momentum(global_step, total_steps)
+            global_step += 1
+            loss_sum += loss.detach().float()
+            if progress and acc.is_main_process and global_step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize(acc.device)
+        train_seconds += time.perf_counter() - t0
+        images_seen += steps_per_epoch * batch_size
+        mean_loss = float(acc.reduce(loss_sum, reduction="mean")) / steps_per_epoch
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"epoch {epoch + 1}: loss is {mean_loss}; lower ssl.lr or use mixed_precision=no")
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": mean_loss, "lr": float(sched.get_last_lr()[0]),
+                                    "seconds": time.perf_counter() - t0}
+        if knn_every and ((epoch + 1) % knn_every == 0 or epoch + 1 == epochs):
+            top1 = knn_eval()
+            if top1 is not None:
+                record["knn_top1"] = top1
+        history.append(record)
+        if acc.is_main_process:
+            msg = f"epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} lr {record['lr']:.4g}"
+            if "knn_top1" in record:
+                msg += f" knn@{knn_k} {record['knn_top1']:.4f}"
+            log.info(msg)
+            if progress:
+                tqdm.write(msg)
+        if checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            save_checkpoint(epoch + 1)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
+
+    encoder_path = None
+    if out is not None:
+        encoder_path = out / ENCODER_NAME
+        if acc.is_main_process:
+            emeta = {"method": method, "epochs": int(history[-1]["epoch"]) if history else 0,
+                     "image_size": image_size, "mean": list(aug0.mean), "std": list(aug0.std), "seed": seed,
+                     "batch_size": batch_size, "lr": lr, "optimizer": optimizer}
+            if history and "knn_top1" in history[-1]:
+                emeta["knn_top1"] = history[-1]["knn_top1"]
+            emeta.update(meta or {})
+            save_backbone(encoder_path, raw.backbone, emeta)
+            atomic_write_json(out / "history.json", history)
+        acc.wait_for_everyone()
+    return SSLTrainResult(
+        epochs=epochs, start_epoch=start_epoch, global_step=global_step, history=history, seconds=train_seconds,
+        images_per_second=images_seen / train_seconds if train_seconds > 0 else 0.0, output_dir=out,
+        encoder_path=encoder_path, checkpoint_path=ckpt_path if ckpt_path is not None and ckpt_path.exists() else None,
+    )
+
+
+def train_ssl_from_config(cfg, accelerator=None) -> SSLTrainResult:
+    """Run a :class:`sslguard.config.TrainSSLConfig`: build data (and poison it), model, kNN splits; train.
+
+    Writes ``config.yaml``, ``versions.json`` (and the poison ``manifest`` when ``cfg.attack`` is set)
+    into ``cfg.output_dir`` on the main process, then calls :func:`train_ssl`.
+    """
+    from accelerate import Accelerator
+
+    from sslguard.config import dump_yaml
+    from sslguard.data.attacks import build_attack
+    from sslguard.data.datasets import build_dataset, subset_per_class
+    from sslguard.data.poisoned import poison_dataset
+    from sslguard.models.ssl import build_ssl_model, make_backbone
+    from sslguard.utils.io import atomic_write_text, package_versions
+    from sslguard.utils.seed import seed_everything
+
+    d, s = cfg.data, cfg.ssl
+    acc = accelerator if accelerator is not None else Accelerator(mixed_precision=s.mixed_precision,
+                                                                   cpu=not torch.cuda.is_available())
+    out = Path(cfg.output_dir)
+
+    def dataset(split: str):
+        return build_dataset(d.name, split=split, root=d.root, subset_per_class_n=d.subset_per_class,
+                             seed=cfg.data_seed, on_error=d.on_error, image_size=d.image_size)
+
+    train = dataset(d.split)
+    train_clean = train
+    manifest = None
+    if cfg.attack is not None:
+        a = cfg.attack
+        attack = build_attack(a.name, target=a.target, rate=a.rate, rate_of=a.rate_of, seed=a.seed, **a.params)
+        train, manifest = poison_dataset(train, attack)
+    knn_train = knn_test = None
+    if s.knn_every:
+        if not train_clean.has_labels:
+            raise ValueError(f"ssl.knn_every: the {d.split} split has no labels; set ssl.knn_every=0")
+        knn_train = train_clean if s.knn_train_per_class is None else subset_per_class(train_clean, s.knn_train_per_class,
+                                                                                       cfg.data_seed)
+        knn_test = dataset(d.test_split)
+    if acc.is_main_process:
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(out / "versions.json", package_versions())
+        if manifest is not None:
+            manifest.save(out)
+    acc.wait_for_everyone()
+
+    seed_everything(s.seed)
+    model = build_ssl_model(s.method, make_backbone(s.backbone, **s.backbone_args()), **s.model_args())
+    augment = ssl_augmentations(s.method, d.image_size, min_scale=s.min_scale)
+    return train_ssl(
+        model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
+        optimizer=s.optimizer, warmup_epochs=s.warmup_epochs, image_size=d.image_size, augment=augment,
+        output_dir=out, seed=s.seed, mixed_precision=s.mixed_precision, channels_last=s.channels_last,
+        checkpoint_every=s.checkpoint_every, resume=cfg.resume, knn_every=s.knn_every, knn_train=knn_train,
+        knn_test=knn_test, knn_k=s.knn_k, knn_t=s.knn_t, num_workers=d.num_workers, accelerator=acc,
+        progress=cfg.progress, meta={"dataset": d.name, "attack": cfg.attack.name if cfg.attack else None},
+    )
