@@ -476,9 +476,22 @@ class DetectorsConfig:
         from sslguard.detectors import get_detector, list_detectors
 
         known = list_detectors()
+        # what each stage hands its detectors (sslguard.pipeline); "benign" is the held-out test split
+        provided = {"ssl": {"backbone", "dataset", "embeddings", "clusters"}, "classifier": {"model", "dataset", "benign"}}
         for group in ("ssl", "classifier"):
             for i, name in enumerate(getattr(self, group)):
-                _check(name in known, f"{key}.{group}[{i}]", f"unknown detector {name!r}; choose from {', '.join(known)}")
+                k = f"{key}.{group}[{i}]"
+                _check(name in known, k, f"unknown detector {name!r}; choose from {', '.join(known)}")
+                sig = inspect.signature(get_detector(name))
+                _check("DetectionResult" in str(sig.return_annotation), k,
+                       f"{name} does not score images (it returns {sig.return_annotation})")
+                required = [p for p, v in sig.parameters.items() if v.default is v.empty
+                            and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+                missing = [p for p in required if p not in provided[group] and p not in self.params.get(name, {})]
+                other = "classifier" if group == "ssl" else "ssl"
+                _check(not missing, k, f"{name} needs {', '.join(missing)}, which the {group} stage does not provide"
+                       + (f" (list it under {key}.{other})" if not [p for p in required if p not in provided[other]]
+                          else ""))
         supplied = {"backbone", "model", "dataset", "embeddings", "clusters", "accelerator", "progress", "device",
                     "activations"}
         for name, params in self.params.items():

@@ -1,0 +1,352 @@
+"""SSL-stage detection benchmark on CIFAR-10: PoisonCAM vs PatchSearch.
+
+For each attack setting: poison a CIFAR-10 training subset, get an SSL encoder (trained here with
+:func:`sslguard.train.ssl.train_ssl`, or loaded from ``encoder.safetensors``), check whether the
+encoder learned the backdoor (kNN target rate of triggered vs random-patch test images), run both
+detectors on the same embeddings and clusters, and write precision / recall / F1 / AUROC / top-k
+precision and runtime into a markdown table. :func:`scale_run` times detection (training excluded)
+and its peak memory over the whole 50k training set.
+
+Settings (target class 0 unless changed; rates are fractions of the target class):
+
+- ``htba12_50``: 12x12 HTBA patch on 50% of the class, the CPU setting a 4-layer ConvNet learns;
+- ``htba_50`` / ``htba_10``: HTBA at its default size (0.25 of the side = 8 px) on 50% (Saha et al.
+  and PatchSearch) and 10% of the class;
+- ``blend_50``, ``ctrl_50``: global triggers (alpha-blended noise; CTRL's frequency trigger).
+
+The CIFAR-10 copy is JPEG (see ``shared/data/README.md``): numbers here are for this copy, not CIFAR-10
+results to quote against the papers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from sslguard.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "htba12_50": {"attack": "htba", "rate": 0.5, "params": {"trigger_size": 12}},
+    "htba_50": {"attack": "htba", "rate": 0.5, "params": {}},
+    "htba_10": {"attack": "htba", "rate": 0.1, "params": {}},
+    "blend_50": {"attack": "blend", "rate": 0.5, "params": {}},
+    "ctrl_50": {"attack": "ctrl", "rate": 0.5, "params": {}},
+}
+
+
+def poisoned_cifar10(setting: str, *, n_per_class: int | None = 1000, target: int = 0, seed: int = 0,
+                     root: str | os.PathLike | None = None, split: str = "train"):
+    """CIFAR-10 (a seeded per-class subset when ``n_per_class``), poisoned by ``setting``: ``(dataset, manifest)``."""
+    from sslguard.data import load_cifar10, poison_dataset, subset_per_class
+    from sslguard.data.attacks import build_attack
+
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose from {sorted(SETTINGS)}")
+    spec = SETTINGS[setting]
+    ds = load_cifar10(root, split)
+    if n_per_class:
+        ds = subset_per_class(ds, n_per_class, seed)
+    attack = build_attack(spec["attack"], target=target, rate=spec["rate"], seed=seed, **spec["params"])
+    return poison_dataset(ds, attack)
+
+
+def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "convnet4", width: int = 32,
+                  epochs: int = 39, schedule_epochs: int | None = None, batch_size: int = 256, seed: int = 0,
+                  progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """SimCLR encoder on ``dataset`` (resumes from ``output_dir`` when a matching checkpoint is there)."""
+    from sslguard.models.ssl import build_ssl_model, load_backbone, make_backbone
+    from sslguard.train.ssl import train_ssl
+
+    torch.manual_seed(seed)
+    model = build_ssl_model("simclr", make_backbone(backbone, width=width))
+    t0 = time.perf_counter()
+    res = train_ssl(model, dataset, epochs=epochs, schedule_epochs=schedule_epochs, batch_size=batch_size,
+                    image_size=32, output_dir=output_dir, seed=seed, progress=progress)
+    info = {"epochs": epochs, "schedule_epochs": schedule_epochs or epochs, "batch_size": batch_size,
+            "backbone": backbone, "width": width, "train_seconds_this_call": time.perf_counter() - t0,
+            "final_loss": res.losses[-1] if res.losses else None, "encoder_path": str(res.encoder_path)}
+    return load_backbone(res.encoder_path), info
+
+
+def load_encoder(path: str | os.PathLike, backbone: str = "convnet4", width: int = 32) -> torch.nn.Module:
+    """An encoder from ``encoder.safetensors`` (:func:`sslguard.models.ssl.load_backbone`) or from a
+    training checkpoint ``checkpoint.pt`` (its SimCLR/BYOL state; ``backbone``/``width`` name the net),
+    so a run still training can be measured at its last epoch."""
+    from sslguard.models.ssl import load_backbone, make_backbone
+    from sslguard.train.ssl import load_checkpoint
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_backbone(path).eval()
+    state = load_checkpoint(path)["model"]
+    net = make_backbone(backbone, width=width)
+    sub = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    net.load_state_dict(sub)
+    return net.eval()
+
+
+# --------------------------------------------------------------------------------- planted sanity case
+
+
+@dataclass
+class PlantedCase:
+    """A small corpus with a patch trigger the encoder has certainly learned (see :func:`planted_digits_case`)."""
+
+    dataset: Any
+    manifest: Any
+    backbone: torch.nn.Module
+    truth: np.ndarray  # (N,) bool, aligned with dataset positions
+
+
+def planted_digits_case(*, target: int = 3, rate: float = 0.5, trigger_size: int = 10, width: int = 16,
+                        epochs: int = 6, seed: int = 0) -> PlantedCase:
+    """sklearn digits (1,438 train images at 32 px) with an HTBA patch on ``rate`` of class ``target``, and
+    a convnet4 that has *learned* the trigger: trained a few seconds, supervised, with the triggered
+    images as an 11th class; its pooled penultimate features are the embedding.
+
+    This is the honest small case for detector tests: the trigger really forms a cluster in the encoder's
+    space (as it does for an SSL encoder that learned it), and the detectors run their real code on it.
+    """
+    from sslguard.cam import load_uint8
+    from sslguard.data import load_digits_dataset, poison_dataset
+    from sslguard.data.attacks import build_attack
+    from sslguard.data.transforms import to_float
+    from sslguard.models import create_backbone
+
+    ds = load_digits_dataset("train", seed=seed)
+    pds, manifest = poison_dataset(ds, build_attack("htba", target=target, rate=rate, seed=seed,
+                                                    trigger_size=trigger_size))
+    truth = manifest.is_poisoned(pds.keys)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    backbone = create_backbone("convnet4", width=width)
+    head = torch.nn.Linear(backbone.feature_dim, ds.num_classes + 1)
+    images = load_uint8(pds, np.arange(len(pds)))
+    labels = torch.as_tensor(ds.labels.copy())
+    labels[torch.as_tensor(truth)] = ds.num_classes
+    opt = torch.optim.Adam(list(backbone.parameters()) + list(head.parameters()), lr=3e-3)
+    backbone.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(images), generator=gen)
+        for s in range(0, len(images), 128):
+            i = perm[s:s + 128]
+            loss = torch.nn.functional.cross_entropy(head(backbone(to_float(images[i]))), labels[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return PlantedCase(pds, manifest, backbone.eval(), truth)
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(fn, **kwargs) -> tuple[Any, dict[str, float]]:
+    """Run ``fn(**kwargs)``; return its result and ``seconds``, ``tracemalloc_peak_mb`` (Python and NumPy
+    allocations during the call; torch's own allocator is not traced), ``cpu_s`` (user + system CPU time
+of the process: on a shared machine the honest cost, as wall time also counts waiting), ``peak_rss_mb`` (the process's
+    peak resident memory after the call, all earlier work included) and ``rss_growth_mb`` (how much
+    the call raised that peak)."""
+    rss0 = _rss_mb()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        out = fn(**kwargs)
+        seconds = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    rss1 = _rss_mb()
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return out, {"seconds": seconds, "cpu_s": cpu, "tracemalloc_peak_mb": peak / 2**20, "peak_rss_mb": rss1,
+                 "rss_growth_mb": rss1 - rss0}
+
+
+def backdoor_learned(backbone, train_ds, attack, *, target: int, root=None, max_test: int = 1000, seed: int = 0,
+                     patch_size: int = 8) -> dict[str, Any]:
+    """kNN target rate of triggered vs random-patch vs clean non-target CIFAR-10 test images
+    (:func:`sslguard.backdoor.triggered_target_rate`, with ``train_ds`` as the kNN bank)."""
+    from sslguard.backdoor import triggered_target_rate
+    from sslguard.data import load_cifar10
+
+    test = load_cifar10(root, "test")
+    size = None
+    try:
+        attack.plan((32, 32, 3), np.random.default_rng(0))["location"]
+    except (KeyError, TypeError):
+        size = patch_size  # global trigger: the random-patch control gets a fixed size
+    rates = triggered_target_rate(backbone, train_ds, test, attack, target, patch_size=size, image_size=32,
+                                  max_test=max_test, seed=seed)
+    return rates.to_dict()
+
+
+DETECTOR_DEFAULTS: dict[str, dict[str, Any]] = {"poisoncam": {}, "patchsearch": {}}
+
+
+def evaluate_detectors(backbone, dataset, manifest, *, k: int = 10, seed: int = 0, batch_size: int = 256,
+                       detectors: Sequence[str] = ("poisoncam", "patchsearch"),
+                       detector_kwargs: dict[str, dict[str, Any]] | None = None,
+                       out_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Embed once, cluster once, run each detector on the same clusters; one row of metrics per detector.
+
+    Embedding and clustering are timed separately (``embed_s``, ``cluster_s``); a detector's
+    ``seconds`` excludes them (they are shared), ``total_s`` adds them back.
+    """
+    from sslguard.cluster import kmeans
+    from sslguard.detectors import get_detector
+    from sslguard.embed import embed_dataset
+    from sslguard.metrics import detection_metrics
+
+    t0 = time.perf_counter()
+    _, emb = embed_dataset(backbone, dataset, batch_size=batch_size, normalize=True, progress=False)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    clusters = kmeans(emb, k, seed=seed)
+    cluster_s = time.perf_counter() - t0
+    truth = manifest.is_poisoned(np.asarray(dataset.keys))
+    purity = [{"cluster": int(c), "size": int(s), "poisoned": int(truth[clusters.assignments == c].sum())}
+              for c, s in enumerate(clusters.sizes)]
+    rows = []
+    for name in detectors:
+        kw = {**DETECTOR_DEFAULTS.get(name, {}), **(detector_kwargs or {}).get(name, {})}
+        res, cost = measure(get_detector(name), backbone=backbone, dataset=dataset, embeddings=emb,
+                            clusters=clusters, seed=seed, batch_size=batch_size, **kw)
+        m = detection_metrics(res.scores, res.flagged, truth)
+        if out_dir is not None:
+            res.to_csv(Path(out_dir) / f"{name}_scores.csv")
+            atomic_write_json(Path(out_dir) / f"{name}_info.json", res.info)
+        rows.append({"detector": name, **m, **cost, "embed_s": embed_s, "cluster_s": cluster_s,
+                     "total_s": cost["seconds"] + embed_s + cluster_s, "threshold": res.threshold,
+                     "cluster_purity": purity, "info": res.info})
+    return rows
+
+
+@dataclass
+class BenchConfig:
+    """What :func:`run_detect_benchmark` runs (typed; scripts build it from flags)."""
+
+    settings: list[str] = field(default_factory=lambda: ["htba12_50"])
+    encoders: dict[str, str] = field(default_factory=dict)  # setting -> encoder.safetensors; others are trained
+    out_dir: str = "benchmarks/results/detect"
+    n_per_class: Optional[int] = 1000
+    target: int = 0
+    train_epochs: int = 39
+    schedule_epochs: Optional[int] = None
+    k: int = 10
+    seed: int = 0
+    batch_size: int = 256
+    scale: bool = False  # also time detection on all 50k training images
+    detectors: list[str] = field(default_factory=lambda: ["poisoncam", "patchsearch"])
+    detector_params: dict[str, Any] = field(default_factory=dict)  # detector -> keyword arguments
+    data_root: Optional[str] = None
+
+    def validate(self) -> None:
+        from sslguard.config import ConfigError
+        from sslguard.detectors import list_detectors
+
+        for i, s in enumerate(self.settings):
+            if s not in SETTINGS:
+                raise ConfigError(f"settings[{i}]: unknown setting {s!r}; choose from {sorted(SETTINGS)}")
+        for s, p in self.encoders.items():
+            if s not in SETTINGS:
+                raise ConfigError(f"encoders.{s}: unknown setting; choose from {sorted(SETTINGS)}")
+            if not Path(p).exists():
+                raise ConfigError(f"encoders.{s}: file not found: {p}")
+        for i, d in enumerate(self.detectors):
+            if d not in list_detectors():
+                raise ConfigError(f"detectors[{i}]: unknown detector {d!r}")
+        for d in self.detector_params:
+            if d not in self.detectors:
+                raise ConfigError(f"detector_params.{d}: not one of the detectors run ({self.detectors})")
+        if self.n_per_class is not None and self.n_per_class <= 0:
+            raise ConfigError("n_per_class: must be positive (or null for all 5,000 per class)")
+        if self.k < 2:
+            raise ConfigError(f"k: must be >= 2, got {self.k}")
+        if self.train_epochs < 1:
+            raise ConfigError(f"train_epochs: must be >= 1, got {self.train_epochs}")
+
+
+def run_detect_benchmark(cfg: BenchConfig) -> Path:
+    """Run every setting of ``cfg`` and write ``<out_dir>/detect_results.md`` (+ ``.json``); returns the table path."""
+    out = Path(cfg.out_dir)
+    rows: list[dict[str, Any]] = []
+    for setting in cfg.settings:
+        sdir = out / setting
+        dataset, manifest = poisoned_cifar10(setting, n_per_class=cfg.n_per_class, target=cfg.target, seed=cfg.seed,
+                                             root=cfg.data_root)
+        if setting in cfg.encoders:
+            backbone, enc = load_encoder(cfg.encoders[setting]), {"encoder_path": cfg.encoders[setting],
+                                                                  "loaded": True}
+        else:
+            backbone, enc = train_encoder(dataset, output_dir=sdir / "encoder", epochs=cfg.train_epochs,
+                                          schedule_epochs=cfg.schedule_epochs, seed=cfg.seed)
+        backbone.eval()
+        learned = backdoor_learned(backbone, dataset, manifest_attack(setting, cfg), target=cfg.target,
+                                   root=cfg.data_root, seed=cfg.seed)
+        for r in evaluate_detectors(backbone, dataset, manifest, k=cfg.k, seed=cfg.seed, batch_size=cfg.batch_size,
+                                    detectors=cfg.detectors, detector_kwargs=cfg.detector_params, out_dir=sdir):
+            rows.append({"setting": setting, "n_images": len(dataset), "encoder": enc, "learned": learned, **r})
+        if cfg.scale:
+            full, full_manifest = poisoned_cifar10(setting, n_per_class=None, target=cfg.target, seed=cfg.seed,
+                                                   root=cfg.data_root)
+            for r in evaluate_detectors(backbone, full, full_manifest, k=cfg.k, seed=cfg.seed,
+                                        batch_size=cfg.batch_size, detectors=cfg.detectors,
+                                        detector_kwargs=cfg.detector_params, out_dir=sdir / "scale50k"):
+                rows.append({"setting": f"{setting} (50k)", "n_images": len(full), "encoder": enc, "learned": learned,
+                             **r})
+        write_table(rows, out / "detect_results.md")
+    atomic_write_json(out / "detect_results.json", rows)
+    return write_table(rows, out / "detect_results.md")
+
+
+def manifest_attack(setting: str, cfg: BenchConfig):
+    """The attack object of ``setting`` (for its test-time trigger)."""
+    from sslguard.data.attacks import build_attack
+
+    spec = SETTINGS[setting]
+    return build_attack(spec["attack"], target=cfg.target, rate=spec["rate"], seed=cfg.seed, **spec["params"])
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.{nd}f}"
+    return str(v)
+
+
+def write_table(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Markdown table of the benchmark rows (one per setting x detector)."""
+    head = ("| setting | n | poisons | detector | learned: trig / rand-patch / clean | precision | recall | F1 | AUROC "
+            "| top10 | top50 | top100 | top@poisons | detect wall s | detect CPU s | embed+cluster s | tracemalloc peak MiB "
+            "| peak RSS MiB |")
+    lines = ["# SSL-stage detection benchmark (CIFAR-10 JPEG copy)", "",
+             "Generated by `sslguard.bench.detect.run_detect_benchmark`; see that module's docstring for the setup.",
+             "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ln = r.get("learned") or {}
+        learned = f"{_f(ln.get('triggered'), 2)} / {_f(ln.get('random_patch'), 2)} / {_f(ln.get('clean'), 2)}"
+        lines.append("| " + " | ".join([
+            r["setting"], str(r["n_images"]), str(r["n_poisoned"]), r["detector"], learned,
+            _f(r["precision"]), _f(r["recall"]), _f(r["f1"]), _f(r["auroc"]), _f(r["top10_precision"], 2),
+            _f(r["top50_precision"], 2), _f(r["top100_precision"], 2), _f(r["toptrue_precision"]),
+            _f(r["seconds"], 1), _f(r.get("cpu_s"), 1), _f(r["embed_s"] + r["cluster_s"], 1), _f(r["tracemalloc_peak_mb"], 0),
+            _f(r["peak_rss_mb"], 0)]) + " |")
+    return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,316 @@
+"""Batched Grad-CAM on the *cluster model* of an SSL encoder, and the most activating window.
+
+The cluster model (PatchSearch, Tejankar et al., CVPR 2023, Sec. 3.1; reused by PoisonCAM, Qian et al.,
+2023) scores an image by the cosine similarity of its L2-normalised embedding to each k-means centroid.
+Grad-CAM (Selvaraju et al., ICCV 2017) of the assigned cluster's score, taken at the backbone's last
+stage feature map, shows which region put the image into its cluster; for a patch-poisoned image that
+is, ideally, the trigger.
+
+Only the small head after the feature map (pool -> normalise -> cosine) needs gradients, so the
+feature map is computed without autograd and then made a leaf: the gradient w.r.t. the map is exactly
+Grad-CAM's, without a backward pass through the backbone. This is what makes CAM on 50k images cheap.
+
+Limits: a Grad-CAM heatmap is as coarse as the last feature map (4x4 for convnet4 on 32 px, so a
+window is located to within ~8 px), and it can only point at what the encoder attends to: if the
+encoder did not learn the trigger, the window lands on the object instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sslguard.data.transforms import ResizeUint8, to_float
+
+
+class ClusterModel(torch.nn.Module):
+    """backbone -> L2-normalised embedding -> cosine similarity to (normalised) centroids, (B, k).
+
+    ``features_and_scores`` also returns the last-stage map as a leaf tensor for Grad-CAM.
+    Images come in as ``uint8`` (B, 3, H, W) batches and are normalised like :func:`sslguard.embed.embed_dataset`.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, centroids: np.ndarray | torch.Tensor):
+        super().__init__()
+        self.backbone = backbone
+        c = torch.as_tensor(np.asarray(centroids, dtype=np.float32))
+        self.register_buffer("centroids", F.normalize(c, dim=1))
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def _timm(self) -> bool:
+        return hasattr(self.backbone, "model") and hasattr(self.backbone.model, "forward_head")
+
+    def _raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self._timm():
+            return self.backbone.model.forward_features(x)
+        return self.backbone.forward_features(x)
+
+    def _head(self, raw: torch.Tensor) -> torch.Tensor:
+        if self._timm():
+            return self.backbone.model.forward_head(raw, pre_logits=True)
+        return self.backbone.pool(raw)
+
+    def _as_map(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) view of the raw features (ViT tokens folded into a square map)."""
+        if raw.ndim == 4:
+            return raw
+        n_prefix = getattr(self.backbone.model, "num_prefix_tokens", 1)
+        tokens = raw[:, n_prefix:]
+        side = int(round(tokens.shape[1] ** 0.5))
+        return tokens.transpose(1, 2).reshape(raw.shape[0], raw.shape[2], side, side)
+
+    def scores_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        emb = F.normalize(self._head(raw), dim=1)
+        return emb @ self.centroids.T
+
+    @torch.no_grad()
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.scores_from_raw(self._raw_features(to_float(images_uint8)))
+
+    @torch.no_grad()
+    def embed(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """Normalised embeddings (B, D)."""
+        return F.normalize(self._head(self._raw_features(to_float(images_uint8))), dim=1)
+
+
+def grad_cam(model: ClusterModel, images_uint8: torch.Tensor, targets: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grad-CAM of cluster ``targets`` (default: the assigned cluster) for a batch.
+
+    Returns ``(heatmaps (B, H, W) upsampled to image size, scores (B, k), targets (B,))``.
+    Heatmaps are ReLU'd and not normalised (so masses are comparable within one image).
+    """
+    with torch.no_grad():
+        raw = model._raw_features(to_float(images_uint8))
+    raw = raw.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = model.scores_from_raw(raw)
+        if targets is None:
+            targets = scores.argmax(1)
+        targets = targets.to(scores.device).long()
+        picked = scores.gather(1, targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(picked, raw)
+    fmap, gmap = model._as_map(raw.detach()), model._as_map(grad)
+    weights = gmap.mean(dim=(2, 3), keepdim=True)  # Grad-CAM: channel weight = spatially averaged gradient
+    cam = F.relu((weights * fmap).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=images_uint8.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return cam, scores.detach(), targets
+
+
+def best_window(heatmaps: torch.Tensor, window: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``window`` (w, h) box with the most heatmap mass in each map: ``(boxes (B, 4) x,y,w,h, mass (B,))``.
+
+    A box filter (``avg_pool2d`` with stride 1) sums every window at once; ties go to the first
+    (top-left-most) window.
+    """
+    ww, wh = (window, window) if isinstance(window, int) else window
+    B, H, W = heatmaps.shape
+    if not (1 <= ww <= W and 1 <= wh <= H):
+        raise ValueError(f"window {ww}x{wh} does not fit images of {W}x{H}")
+    pooled = F.avg_pool2d(heatmaps[:, None].float(), kernel_size=(wh, ww), stride=1)[:, 0]  # (B, H-wh+1, W-ww+1)
+    flat = pooled.flatten(1)
+    mass, arg = flat.max(1)
+    nx = pooled.shape[-1]
+    ys, xs = arg // nx, arg % nx
+    boxes = torch.stack([xs, ys, torch.full_like(xs, ww), torch.full_like(xs, wh)], 1)
+    return boxes.long(), mass * (ww * wh)
+
+
+def window_size(image_size: int, fraction: float) -> int:
+    """A window side as a fraction of the image side (at least 1 px)."""
+    return max(1, min(image_size, int(round(fraction * image_size))))
+
+
+# ----------------------------------------------------------------------------------------- batching
+
+
+def load_uint8(dataset, positions: Sequence[int] | np.ndarray, image_size: int | None = None) -> torch.Tensor:
+    """``uint8`` (B, 3, H, W) batch of the images at ``positions`` (dataset order, not keys)."""
+    resize = ResizeUint8(image_size) if image_size is not None else None
+    arrs = []
+    for p in np.asarray(positions, dtype=np.int64).tolist():
+        arr = dataset.load_array(p)
+        if resize is None or arr.shape[:2] == (image_size, image_size):  # already the size: skip PIL
+            arrs.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+        else:
+            arrs.append(resize(dataset.load_image(p)))
+    return torch.stack(arrs) if arrs else torch.zeros(0, 3, image_size or 1, image_size or 1, dtype=torch.uint8)
+
+
+def iter_batches(n_or_positions, batch_size: int):
+    pos = np.arange(n_or_positions) if np.isscalar(n_or_positions) else np.asarray(n_or_positions, dtype=np.int64)
+    for s in range(0, len(pos), batch_size):
+        yield pos[s:s + batch_size]
+
+
+@dataclass
+class CamResult:
+    """Per-image Grad-CAM output for ``positions`` of a dataset.
+
+    ``boxes`` (N, 4) x, y, w, h of the most activating window; ``mass`` (N,) heatmap mass in it;
+    ``concentration`` (N,) that mass over the whole map's mass (1 = all attention in the window);
+    ``targets`` (N,) the cluster explained; ``score`` (N,) the cosine similarity to it;
+    ``heatmaps`` (N, H, W) only when asked for (they are large).
+    """
+
+    positions: np.ndarray
+    boxes: np.ndarray
+    mass: np.ndarray
+    concentration: np.ndarray
+    targets: np.ndarray
+    score: np.ndarray
+    heatmaps: np.ndarray | None = None
+
+
+def cluster_cam(
+    backbone: torch.nn.Module,
+    dataset,
+    centroids: np.ndarray,
+    *,
+    window: int,
+    positions: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    keep_heatmaps: bool = False,
+    device: str | torch.device = "cpu",
+) -> CamResult:
+    """Grad-CAM of the cluster model and the best ``window`` x ``window`` box for every image at ``positions``.
+
+    ``targets`` (aligned with ``positions``) picks the cluster to explain; default is the cluster the
+    cluster model assigns (equal to the k-means assignment when the embeddings came from the same backbone).
+    """
+    was_training = backbone.training
+    backbone.eval()
+    model = ClusterModel(backbone, centroids).to(device)
+    positions = np.arange(len(dataset)) if positions is None else np.asarray(positions, dtype=np.int64)
+    out_boxes, out_mass, out_conc, out_t, out_s, out_h = [], [], [], [], [], []
+    try:
+        for j, pos in enumerate(iter_batches(positions, batch_size)):
+            imgs = load_uint8(dataset, pos, image_size).to(device)
+            t = None if targets is None else torch.as_tensor(targets[j * batch_size:j * batch_size + len(pos)])
+            cam, scores, t = grad_cam(model, imgs, t)
+            boxes, mass = best_window(cam, window)
+            total = cam.flatten(1).sum(1).clamp_min(1e-12)
+            out_boxes.append(boxes.cpu().numpy())
+            out_mass.append(mass.cpu().numpy())
+            out_conc.append((mass / total).cpu().numpy())
+            out_t.append(t.cpu().numpy())
+            out_s.append(scores.gather(1, t[:, None])[:, 0].cpu().numpy())
+            if keep_heatmaps:
+                out_h.append(cam.cpu().numpy().astype(np.float32))
+    finally:
+        backbone.train(was_training)
+    cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
+    return CamResult(positions, cat(out_boxes, (0, 4), np.int64), cat(out_mass, (0,), np.float32),
+                     cat(out_conc, (0,), np.float32), cat(out_t, (0,), np.int64), cat(out_s, (0,), np.float32),
+                     cat(out_h, (0, 1, 1), np.float32) if keep_heatmaps else None)
+
+
+# ------------------------------------------------------------------------------------------ masking
+
+
+def blur_fill(images_uint8: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """A heavily blurred copy of each image (down- then up-sampled), used to erase a window without
+    pasting a sharp-edged square: an encoder that learned "any square patch" (as the CPU benchmark
+    encoder did) would read a flat grey square as a trigger itself."""
+    x = images_uint8.float()
+    H, W = x.shape[-2:]
+    small = F.adaptive_avg_pool2d(x, (max(1, H // factor), max(1, W // factor)))
+    return F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
+def mask_windows(images_uint8: torch.Tensor, boxes: torch.Tensor | np.ndarray, fill: str = "blur") -> torch.Tensor:
+    """Copies of the images with each image's box (x, y, w, h) replaced by ``fill``:
+    ``"blur"`` (the blurred image, see :func:`blur_fill`), ``"mean"`` (the image's mean colour) or ``"grey"``."""
+    boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.long)
+    out = images_uint8.clone()
+    B, _, H, W = out.shape
+    if fill == "blur":
+        src = blur_fill(images_uint8)
+    elif fill == "mean":
+        src = images_uint8.float().mean(dim=(2, 3), keepdim=True).round().to(torch.uint8).expand_as(images_uint8)
+    elif fill == "grey":
+        src = torch.full_like(images_uint8, 128)
+    else:
+        raise ValueError(f"fill must be 'blur', 'mean' or 'grey', got {fill!r}")
+    ys = torch.arange(H)[None, :, None]
+    xs = torch.arange(W)[None, None, :]
+    x0, y0, w, h = (boxes[:, i, None, None] for i in range(4))
+    inside = ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h))[:, None]  # (B, 1, H, W)
+    return torch.where(inside.to(out.device), src, out)
+
+
+def paste_windows(targets_uint8: torch.Tensor, sources_uint8: torch.Tensor, boxes: np.ndarray,
+                  at: np.ndarray) -> torch.Tensor:
+    """Paste ``sources[i][box_i]`` onto ``targets[j]`` at ``at[j]`` (x, y) for every pair (i, j):
+    returns (len(sources) * len(targets), 3, H, W), source-major. PatchSearch's test of a window."""
+    S, T = len(sources_uint8), len(targets_uint8)
+    out = targets_uint8.repeat(S, 1, 1, 1)
+    for i in range(S):
+        x, y, w, h = (int(v) for v in boxes[i])
+        patch = sources_uint8[i, :, y:y + h, x:x + w]
+        for j in range(T):
+            ax, ay = int(at[j][0]), int(at[j][1])
+            out[i * T + j, :, ay:ay + h, ax:ax + w] = patch
+    return out
+
+
+def sliding_boxes(image_size: tuple[int, int], window: int, stride: int) -> np.ndarray:
+    """Every window x window box on a grid of ``stride`` covering the image (last row/column flush)."""
+    H, W = image_size
+    xs = sorted(set(list(range(0, W - window + 1, stride)) + [W - window]))
+    ys = sorted(set(list(range(0, H - window + 1, stride)) + [H - window]))
+    return np.asarray([(x, y, window, window) for y in ys for x in xs], dtype=np.int64)
+
+
+
+
+# ------------------------------------------------------------------- cluster activation under masking
+
+
+@torch.no_grad()
+def masked_drop(model: ClusterModel, images_uint8: torch.Tensor, boxes: np.ndarray, targets: torch.Tensor,
+                base: torch.Tensor, fill: str = "blur") -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop of cluster ``targets``' activation when each image's box is masked: ``base - masked``
+    (``base`` (B,) is the unmasked activation), and the masked images' new assignment (B,)."""
+    scores = model(mask_windows(images_uint8, boxes, fill))
+    return base - scores.gather(1, targets[:, None].long())[:, 0], scores.argmax(1)
+
+
+@torch.no_grad()
+def search_windows(model: ClusterModel, images_uint8: torch.Tensor, targets: torch.Tensor, grid: np.ndarray,
+                   fill: str = "blur", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask every box of ``grid`` (G, 4) in turn and keep, per image, the box whose masking lowers the
+    activation of cluster ``targets`` most. Returns ``(best drop (B,), best box (B, 4), unmasked activation (B,))``.
+
+    Exhaustive, so it finds the trigger where Grad-CAM's window missed it (the 4x4 CAM of a small
+    network is coarse); it costs G forward passes per image, so detectors run it on candidates only.
+    """
+    B, G = len(images_uint8), len(grid)
+    targets = targets.long()
+    base = model(images_uint8).gather(1, targets[:, None])[:, 0]
+    img_idx = np.repeat(np.arange(B), G)
+    box_idx = np.tile(np.arange(G), B)
+    drops = torch.empty(B * G)
+    for s in range(0, B * G, batch_size):
+        ii, bb = img_idx[s:s + batch_size], box_idx[s:s + batch_size]
+        masked = mask_windows(images_uint8[ii], grid[bb], fill)
+        sc = model(masked).gather(1, targets[ii][:, None])[:, 0]
+        drops[s:s + len(ii)] = base[ii] - sc
+    drops = drops.view(B, G)
+    best, arg = drops.max(1)
+    return best, torch.as_tensor(grid)[arg], base
+
+__all__ = [
+    "ClusterModel", "CamResult", "grad_cam", "best_window", "cluster_cam", "window_size", "load_uint8",
+    "iter_batches", "blur_fill", "mask_windows", "paste_windows", "sliding_boxes", "masked_drop",
+    "search_windows",
+]

@@ -1,0 +1,152 @@
+"""Critical-layer filtering (Jebreel, Domingo-Ferrer & Li 2023, "Defending against Backdoor Attacks by
+Layer-wise Feature Analysis", PAKDD, arXiv:2302.12758).
+
+The paper's observation: benign and poisoned images that end in the same class are told apart best at
+one *critical layer*, often not the penultimate one; there, a poisoned image's features are far from
+the centroid of benign images of its (target) label. The filter compares each image's cosine
+similarity to its label's benign centroid with the spread of that similarity over benign images.
+
+What is implemented (per candidate layer ``l``: globally average-pooled stage outputs and the logits):
+
+1. centroids ``mu[c, l]`` from the trusted benign images of each class ``c`` (``benign``);
+2. similarity ``s[i, l] = cos(f_l(x_i), mu[y_i, l])``, standardised by the benign images' mean and
+   std of that similarity (benign images are scored against a leave-one-out centroid, so they are
+   not compared with themselves): ``z[i, l]``;
+3. *locating the critical layer without ground truth*: ``gap[c, l] = -mean_i z[i, l]`` over the
+   suspect images labelled ``c`` (how far the class's training images fall below the benign
+   similarity, in benign standard deviations). The paper locates it from benign/poison separation;
+   with no poison labels, a layer at which a whole label's training images drift from its benign
+   centroid is the observable trace of that separation. The ``n_critical`` layers with the largest
+   ``max_c gap[c, l]`` are the critical layers;
+4. per-class weights ``w[c, l]`` proportional to ``max(gap[c, l], 0)`` over the critical layers
+   (uniform for a class with no positive gap), and the weighted similarity ``S_i = sum_l w z``;
+5. ``score = -(S_i - mean_B) / std_B`` with the benign images' mean and std of ``S`` for the label;
+   flagged when ``score > tau`` (the paper's ``mean - tau * std`` rule, ``tau = 2.5``).
+
+``layers=[...]`` fixes the critical layers instead of step 3 (for example the layer a study with
+ground truth found). ``info`` holds the per-layer gaps and weights.
+
+Limits: it needs a small trusted benign set with correct labels (a few images per class at least;
+the statistics of step 2 and 5 come from it, and their noise sets the false-positive rate — tens per
+class is better). Pooling loses where in the map a feature fires. A clean-label attack, whose poisons
+are genuine images of the class, moves them little at early layers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from sslguard.detectors.base import DetectionResult, register_detector
+
+_EPS = 1e-8
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + _EPS)
+
+
+def critical_layer_scores(
+    suspect: dict[str, np.ndarray],
+    suspect_labels: np.ndarray,
+    benign: dict[str, np.ndarray],
+    benign_labels: np.ndarray,
+    *,
+    tau: float = 2.5,
+    n_critical: int = 2,
+    layers: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(scores, flagged, weighted_similarity, info)`` from per-layer pooled features (dicts by layer)."""
+    names = list(suspect)
+    suspect_labels = np.asarray(suspect_labels)
+    benign_labels = np.asarray(benign_labels)
+    classes = np.unique(suspect_labels)
+    missing = [int(c) for c in classes if (benign_labels == c).sum() < 3]
+    if missing:
+        raise ValueError(f"critical_layer: the benign set needs at least 3 images of every class; "
+                         f"classes {missing} have fewer")
+    z_s = np.zeros((len(suspect_labels), len(names)))
+    z_b = np.zeros((len(benign_labels), len(names)))
+    for j, name in enumerate(names):
+        fs, fb = np.asarray(suspect[name], np.float64), np.asarray(benign[name], np.float64)
+        for c in classes:
+            bi, si = np.flatnonzero(benign_labels == c), np.flatnonzero(suspect_labels == c)
+            total = fb[bi].sum(0)
+            mu = _unit((total / len(bi))[None])[0]
+            # Leave-one-out centroids: a benign image is not compared with a mean that contains it.
+            loo = _unit((total[None] - fb[bi]) / (len(bi) - 1))
+            sb = (_unit(fb[bi]) * loo).sum(1)
+            ss = _unit(fs[si]) @ mu
+            m, sd = sb.mean(), sb.std(ddof=1) + _EPS
+            z_b[bi, j] = (sb - m) / sd
+            z_s[si, j] = (ss - m) / sd
+    gap = np.stack([-z_s[suspect_labels == c].mean(0) for c in classes])  # (classes, layers)
+    if layers is not None:
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise KeyError(f"critical_layer: unknown layers {unknown}; candidates are {names}")
+        crit = [names.index(n) for n in layers]
+    else:
+        k = max(1, min(int(n_critical), len(names)))
+        crit = list(np.argsort(-gap.max(0), kind="stable")[:k])
+    weights = np.zeros((len(classes), len(names)))
+    for ci in range(len(classes)):
+        g = np.clip(gap[ci, crit], 0, None)
+        weights[ci, crit] = g / g.sum() if g.sum() > 0 else 1.0 / len(crit)
+    cls_pos = {int(c): i for i, c in enumerate(classes)}
+    w_s = weights[[cls_pos[int(c)] for c in suspect_labels]]
+    w_b = weights[[cls_pos[int(c)] for c in benign_labels]]
+    s_s, s_b = (z_s * w_s).sum(1), (z_b * w_b).sum(1)
+    scores = np.zeros(len(suspect_labels))
+    per_class = {}
+    for c in classes:
+        bi, si = benign_labels == c, suspect_labels == c
+        m, sd = s_b[bi].mean(), s_b[bi].std(ddof=1) + _EPS
+        scores[si] = -(s_s[si] - m) / sd
+        per_class[str(int(c))] = {"benign_mean": float(m), "benign_std": float(sd), "n_benign": int(bi.sum()),
+                                  "weights": {names[j]: float(weights[cls_pos[int(c)], j]) for j in crit},
+                                  "n_flagged": int((scores[si] > tau).sum())}
+    info = {"layers": names, "critical_layers": [names[j] for j in crit],
+            "gap": {names[j]: gap[:, j].tolist() for j in range(len(names))},
+            "layer_gap": {names[j]: float(gap[:, j].max()) for j in range(len(names))},
+            "per_class": per_class, "tau": tau}
+    return scores, scores > tau, s_s, info
+
+
+@register_detector("critical_layer")
+def critical_layer(
+    model,
+    dataset,
+    benign,
+    *,
+    tau: float = 2.5,
+    n_critical: int = 2,
+    layers: Sequence[str] | None = None,
+    candidates: Sequence[str] | None = None,
+    batch_size: int = 256,
+    accelerator=None,
+    image_size: int | None = None,
+    progress: bool = False,
+) -> DetectionResult:
+    """Score ``dataset`` against the trusted ``benign`` images (an indexed dataset with correct labels).
+
+    ``candidates`` are the layers searched (default: every backbone stage and the logits); ``layers``
+    fixes the critical layers; ``n_critical`` is how many are kept otherwise. See the module docstring.
+    """
+    from sslguard.models.classifier import layer_features
+
+    if tau <= 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    t0 = time.perf_counter()
+    names = list(candidates) if candidates is not None else list(model.stage_names) + ["logits"]
+    kw = dict(batch_size=batch_size, accelerator=accelerator, image_size=image_size, progress=progress)
+    _, fs = layer_features(model, dataset, names, **kw)
+    _, fb = layer_features(model, benign, names, **kw)
+    t1 = time.perf_counter()
+    scores, flagged, weighted, info = critical_layer_scores(fs, dataset.labels, fb, benign.labels, tau=tau,
+                                                            n_critical=n_critical, layers=layers)
+    info.update(seconds_features=t1 - t0, seconds_analysis=time.perf_counter() - t1, n_benign=int(len(benign)))
+    return DetectionResult("critical_layer", np.asarray(dataset.keys), scores, flagged, float(tau),
+                           {"weighted_similarity": weighted, "label": np.asarray(dataset.labels)}, info)

@@ -1,0 +1,287 @@
+"""PatchSearch: find patch-trigger poisons in an SSL corpus by searching for the window that flips clusters.
+
+After Tejankar et al., "Defending Against Patch-based Backdoor Attacks on Self-Supervised Learning",
+CVPR 2023 (our own code, following the paper's algorithm):
+
+1. k-means on the encoder's L2-normalised embeddings defines a *cluster model* (cosine similarity to
+   the centroids); Grad-CAM of each image's cluster gives its most activating window
+   (:mod:`sslguard.cam`).
+2. A fixed *test set* is made of the images nearest each centroid. The *poison score* of a window is
+   the number of test images from other clusters that move into the window's cluster when the window
+   is pasted on them: a trigger pulls any image to its cluster, an object part does not.
+3. *Iterative search*: scoring every image is costly, so each round scores ``samples_per_round``
+   random unscored images of every remaining cluster and drops the ``prune_fraction`` of clusters
+   whose best score is lowest; when one cluster remains, up to ``final_samples`` of its members are scored.
+4. A *poison classifier* (a small CNN on pixels, as the paper trains a ResNet-18) learns to tell
+   clean images from clean images carrying one of the ``n_top_windows`` top-scored windows (pasted at
+   random places; clean images carrying random windows are negatives too, so "any pasted square" is
+   not the rule it learns). It scores the whole corpus; flagged = classifier probability > 0.5 (its
+   own decision boundary, learned from the data).
+
+Limits: PatchSearch assumes a *patch* trigger. Blend, CTRL and WaNet triggers are global: no window
+carries them, so the search finds no flipping window and the classifier learns nothing useful. A
+window smaller than the trigger carries only part of it. Like every SSL-stage defence it finds only
+what the encoder learned: if triggered test images do not move to the target cluster, nothing flips.
+The test set is the images nearest the centroids, so a trigger cluster's own members are excluded from
+its score (they are in the same cluster already).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sslguard.cam import cluster_cam, window_size
+from sslguard.cluster import ClusterResult
+from sslguard.data.transforms import to_float
+from sslguard.detectors.base import DetectionResult, register_detector
+from sslguard.detectors.poisoncam import _Corpus, prepare_embeddings_and_clusters
+
+log = logging.getLogger(__name__)
+
+
+def paste_many(targets_uint8: torch.Tensor, patches: list[torch.Tensor], at: np.ndarray) -> torch.Tensor:
+    """Paste ``patches[j]`` (3, h, w) onto ``targets[j]`` at ``at[j]`` (x, y); returns a copy."""
+    out = targets_uint8.clone()
+    for j, p in enumerate(patches):
+        x, y = int(at[j][0]), int(at[j][1])
+        out[j, :, y:y + p.shape[1], x:x + p.shape[2]] = p
+    return out
+
+
+def random_positions(rng: np.random.Generator, n: int, side: int, win: int) -> np.ndarray:
+    return np.stack([rng.integers(0, side - win + 1, n), rng.integers(0, side - win + 1, n)], 1)
+
+
+def _places(rng: np.random.Generator, patches: list[torch.Tensor], side: int) -> np.ndarray:
+    """A random top-left corner (x, y) for each patch such that it fits a ``side`` x ``side`` image."""
+    return np.asarray([[rng.integers(0, side - p.shape[2] + 1), rng.integers(0, side - p.shape[1] + 1)]
+                       for p in patches], dtype=np.int64).reshape(-1, 2)
+
+
+class PoisonClassifier(torch.nn.Module):
+    """Small CNN (the repository's convnet4 at width 16 + a linear layer) for the final filter: the paper
+    trains a ResNet-18, which would take longer than the whole search on a CPU."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        from sslguard.models.backbones import create_backbone
+
+        self.body = create_backbone("convnet4", width=width)
+        self.head = torch.nn.Linear(self.body.feature_dim, 1)
+
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(to_float(images_uint8)))[:, 0]
+
+
+def train_poison_classifier(
+    corpus: _Corpus,
+    clean_pos: np.ndarray,
+    patches: list[torch.Tensor],
+    *,
+    rng: np.random.Generator,
+    epochs: int = 4,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> PoisonClassifier:
+    """Train :class:`PoisonClassifier`: positives = clean images + a random patch of ``patches`` at a
+    random place; negatives = the clean images as they are, and with a random window of another clean
+    image pasted (a shortcut guard: without them a net may learn "any pasted square").
+    """
+    torch.manual_seed(seed)
+    clf = PoisonClassifier().to(corpus.device)
+    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
+    imgs = corpus.images(clean_pos)
+    side = imgs.shape[-1]
+    n = len(imgs)
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for s in range(0, n, batch_size):
+            idx = perm[s:s + batch_size]
+            base = imgs[idx]
+            m = len(idx)
+            pick = rng.integers(0, len(patches), m)
+            pp = [patches[i] for i in pick]
+            pos = paste_many(base, pp, _places(rng, pp, side))
+            donors = imgs[rng.integers(0, n, m)]
+            rand_patches = []
+            for j, (x, y) in enumerate(_places(rng, pp, side)):
+                h, w = pp[j].shape[1], pp[j].shape[2]
+                rand_patches.append(donors[j, :, y:y + h, x:x + w])
+            neg_paste = paste_many(base, rand_patches, _places(rng, pp, side))
+            x = torch.cat([pos, base, neg_paste])
+            y = torch.cat([torch.ones(m), torch.zeros(2 * m)]).to(x.device)
+            w = torch.cat([torch.full((m,), 2.0), torch.ones(2 * m)]).to(x.device)  # balance the two classes
+            clf.train()
+            loss = F.binary_cross_entropy_with_logits(clf(x), y, weight=w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return clf.eval()
+
+
+@torch.no_grad()
+def classifier_logits(clf: PoisonClassifier, corpus: _Corpus, positions: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(positions), np.float64)
+    for s in range(0, len(positions), corpus.batch_size):
+        pos = positions[s:s + corpus.batch_size]
+        out[s:s + len(pos)] = clf(corpus.images(pos)).double().cpu().numpy()
+    return out
+
+
+@register_detector("patchsearch")
+def patchsearch(
+    *,
+    backbone: torch.nn.Module,
+    dataset,
+    embeddings: np.ndarray | None = None,
+    clusters: ClusterResult | None = None,
+    k: int = 10,
+    window_fraction: float = 0.375,
+    test_per_cluster: int = 16,
+    samples_per_round: int = 8,
+    prune_fraction: float = 0.25,
+    final_samples: int = 64,
+    n_top_windows: int = 20,
+    classifier_images: int = 2000,
+    classifier_epochs: int = 4,
+    batch_size: int = 256,
+    image_size: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> DetectionResult:
+    """Score every image of ``dataset`` with PatchSearch (see the module docstring).
+
+    Args:
+        backbone, dataset, embeddings, clusters, k, seed, batch_size, image_size, device: as for
+            :func:`sslguard.detectors.poisoncam.poisoncam`.
+        window_fraction: side of the Grad-CAM window (the candidate trigger) as a fraction of the image side.
+        test_per_cluster: images nearest each centroid in the test set.
+        samples_per_round: random unscored images per remaining cluster scored in each round.
+        prune_fraction: share of remaining clusters dropped after each round (lowest best score first).
+        final_samples: members of the last remaining cluster scored after the rounds.
+        n_top_windows: top-scored windows the poison classifier is trained on.
+        classifier_images: clean images (from the clusters dropped first) the classifier is trained on.
+        classifier_epochs: passes over them.
+
+    Scores: the classifier's logit for every image (higher = more suspicious); evidence ``box`` is the
+    Grad-CAM window, ``cluster`` the k-means cluster, ``poison_score`` the flip count (-1 = not scored).
+    """
+    if not 0.0 < prune_fraction < 1.0:
+        raise ValueError(f"prune_fraction must be in (0, 1), got {prune_fraction}")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    rng = np.random.default_rng([seed, 5151])
+    embeddings, clusters = prepare_embeddings_and_clusters(backbone, dataset, embeddings, clusters, k=k, seed=seed,
+                                                           batch_size=batch_size, image_size=image_size)
+    timings["embed_cluster_s"] = time.perf_counter() - t_start
+    was_training = backbone.training
+    corpus = _Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device)
+    n, assign = len(dataset), clusters.assignments
+    side = int(corpus.images(np.arange(min(1, n))).shape[-1])
+    win = window_size(side, window_fraction)
+    try:
+        # 1. Grad-CAM window of every image.
+        t = time.perf_counter()
+        cam = cluster_cam(backbone, dataset, clusters.centroids, window=win, targets=assign, batch_size=batch_size,
+                          image_size=image_size, device=device)
+        boxes = cam.boxes
+        timings["gradcam_s"] = time.perf_counter() - t
+
+        # 2. test set: the images nearest each centroid, each with a fixed paste position.
+        test = []
+        for c in range(clusters.k):
+            mem = clusters.members(c)
+            order = np.argsort(-clusters.distances[mem] if clusters.spherical else clusters.distances[mem], kind="stable")
+            test.append(mem[order[:test_per_cluster]])
+        test_pos = np.concatenate(test)
+        test_imgs = corpus.images(test_pos)
+        test_cluster = assign[test_pos]
+        test_at = random_positions(rng, len(test_pos), side, win)
+
+        def score(positions: np.ndarray) -> np.ndarray:
+            """Flip counts of the Grad-CAM windows of ``positions`` (batched: every window x every test image)."""
+            out = np.zeros(len(positions), np.int64)
+            T = len(test_pos)
+            per = max(1, batch_size // T)
+            for s in range(0, len(positions), per):
+                pos = positions[s:s + per]
+                src = corpus.images(pos)
+                pasted = []
+                for i, p in enumerate(pos):
+                    x, y, w, h = (int(v) for v in boxes[p])
+                    patch = src[i, :, y:y + h, x:x + w]
+                    pasted.append(paste_many(test_imgs, [patch] * T, test_at))
+                with torch.no_grad():
+                    new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
+                c = assign[pos][:, None]
+                out[s:s + len(pos)] = ((new == c) & (test_cluster[None, :] != c)).sum(1)
+            return out
+
+        # 3. iterative search.
+        t = time.perf_counter()
+        poison_score = np.full(n, -1, np.int64)
+        remaining = [c for c in range(clusters.k) if clusters.sizes[c] > 0]
+        pruned_order: list[int] = []
+        rounds = 0
+        while True:
+            rounds += 1
+            for c in remaining:
+                unscored = np.flatnonzero((assign == c) & (poison_score < 0))
+                m = final_samples if len(remaining) == 1 else samples_per_round
+                if len(unscored):
+                    pick = np.sort(rng.choice(unscored, size=min(m, len(unscored)), replace=False))
+                    poison_score[pick] = score(pick)
+            if len(remaining) == 1:
+                break
+            best = {c: poison_score[(assign == c) & (poison_score >= 0)].max(initial=-1) for c in remaining}
+            n_drop = max(1, int(np.floor(prune_fraction * len(remaining))))
+            ranked = sorted(remaining, key=lambda c: (best[c], -c))  # lowest first; ties: higher id dropped first
+            pruned_order += ranked[:n_drop]
+            remaining = [c for c in remaining if c not in ranked[:n_drop]]
+        timings["search_s"] = time.perf_counter() - t
+
+        # 4. poison classifier on the top windows, applied to the corpus.
+        t = time.perf_counter()
+        scored = np.flatnonzero(poison_score >= 0)
+        top = scored[np.argsort(-poison_score[scored], kind="stable")[:n_top_windows]]
+        src = corpus.images(top)
+        patches = []
+        for i, p in enumerate(top):
+            x, y, w, h = (int(v) for v in boxes[p])
+            patches.append(src[i, :, y:y + h, x:x + w].clone())
+        # clean pool: clusters in the order they were dropped (least suspicious first)
+        clean_pool = np.concatenate([clusters.members(c) for c in pruned_order]) if pruned_order else np.arange(n)
+        clean_pos = np.sort(rng.choice(clean_pool, size=min(classifier_images, len(clean_pool)), replace=False))
+        clf = train_poison_classifier(corpus, clean_pos, patches, rng=rng, epochs=classifier_epochs, seed=seed)
+        scores = classifier_logits(clf, corpus, np.arange(n))
+        timings["classifier_s"] = time.perf_counter() - t
+    finally:
+        backbone.train(was_training)
+    flagged = scores > 0.0  # logit 0 = probability 0.5: the classifier's own decision boundary
+    timings["total_s"] = time.perf_counter() - t_start
+    info: dict[str, Any] = {
+        "final_cluster": remaining,
+        "pruned_order": pruned_order,
+        "rounds": rounds,
+        "n_scored": int(len(scored)),
+        "top_windows": [{"index": int(dataset.keys[p]), "box": boxes[p].tolist(), "poison_score": int(poison_score[p])}
+                        for p in top],
+        "test_size": int(len(test_pos)),
+        "window": win,
+        "timings": timings,
+        "params": {"k": clusters.k, "window_fraction": window_fraction, "test_per_cluster": test_per_cluster,
+                   "samples_per_round": samples_per_round, "prune_fraction": prune_fraction,
+                   "final_samples": final_samples, "n_top_windows": n_top_windows,
+                   "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
+                   "batch_size": batch_size, "image_size": image_size},
+    }
+    log.info("patchsearch: final cluster %s, flagged %d of %d in %.1fs", remaining, int(flagged.sum()), n,
+             timings["total_s"])
+    return DetectionResult("patchsearch", np.asarray(dataset.keys), scores, flagged, 0.0,
+                           {"box": boxes, "cluster": assign.copy(), "poison_score": poison_score}, info)

@@ -1,0 +1,300 @@
+"""Train and evaluate the downstream :class:`~sslguard.models.classifier.Classifier` (accelerate loop).
+
+``train_classifier`` covers three set-ups on labeled data that may be poisoned and label-flipped:
+
+- ``mode="scratch"``: every parameter trained from its initialisation (supervised baseline);
+- ``mode="linear"``: a linear probe; the backbone is frozen (and kept in eval mode, so its BatchNorm
+  statistics do not drift) and only the head learns;
+- ``mode="finetune"``: everything learns, the backbone at ``backbone_lr_scale`` times the head's rate.
+
+Extension points, so regularisers and repairs stay out of the loop body:
+
+- ``loss_fn(model, images, labels, index) -> Tensor`` replaces the loss (default cross-entropy);
+  ``images`` are the augmented, normalised float batch, ``index`` the dataset keys. Mixup, logit
+  squeezing or a contrastive term are each a ``loss_fn``.
+- ``on_step(step, model, batch_stats)`` / ``on_epoch_end(epoch, model, epoch_stats)`` are called on
+  every process; a repair that must run after each epoch goes there.
+- ``trainable(model)`` picks the parameters to optimise (a fine-tune repair of the head only, say).
+
+``evaluate_classifier`` gives clean accuracy and attack success rate (ASR): the share of non-target
+test images that, with the attack's test-time trigger, are classified as the attack's target.
+
+The same code runs as plain ``python`` on one CPU and under ``accelerate launch`` (the loader is
+sharded by accelerate; evaluation gathers by index through :func:`sslguard.embed.extract`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from sslguard.data.datasets import IndexedDataset
+from sslguard.data.transforms import to_float, uint8_loader
+from sslguard.utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+MODES = ("scratch", "linear", "finetune")
+
+
+def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The default ``loss_fn``: mean cross-entropy of ``model(images)``."""
+    return F.cross_entropy(model(images), labels)
+
+
+# ------------------------------------------------------------------------------------ augmentation
+
+
+def random_crop_flip(images: torch.Tensor, padding: int = 4, flip: bool = True,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched random crop (zero padding) and horizontal flip on a ``uint8`` ``(B, C, H, W)`` batch.
+
+    Written with one gather instead of torchvision's per-image transforms, which work on one image
+    at a time; offsets come from ``generator`` so a seed fixes the whole epoch's augmentation.
+    """
+    b, c, h, w = images.shape
+    dev = images.device
+    if padding > 0:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])  # (B, H)
+        cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])  # (B, W)
+        bi = torch.arange(b, device=dev)[:, None, None, None]
+        ci = torch.arange(c, device=dev)[None, :, None, None]
+        images = padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        do = torch.rand(b, generator=generator).to(dev) < 0.5
+        images = torch.where(do[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch mean loss and training accuracy (on augmented batches; nan with a custom ``loss_fn``), plus wall time."""
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _set_mode(model: nn.Module, mode: str) -> None:
+    """Train mode for what learns; a frozen backbone stays in eval mode (BatchNorm statistics fixed)."""
+    model.train()
+    if mode == "linear" and hasattr(model, "backbone"):
+        model.backbone.eval()
+
+
+def _param_groups(model: nn.Module, mode: str, lr: float, backbone_lr_scale: float,
+                  trainable: Callable[[nn.Module], Iterable[nn.Parameter]] | None) -> list[dict[str, Any]]:
+    if trainable is not None:
+        params = [p for p in trainable(model) if p.requires_grad]
+        return [{"params": params, "lr": lr}]
+    if mode == "linear":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return [{"params": [p for p in model.head.parameters()], "lr": lr}]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if mode == "finetune" and hasattr(model, "backbone"):
+        head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        return [{"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale}, {"params": head, "lr": lr}]
+    return [{"params": list(model.parameters()), "lr": lr}]
+
+
+def train_classifier(
+    model: nn.Module,
+    dataset: IndexedDataset,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    mode: str = "scratch",
+    seed: int = 0,
+    accelerator=None,
+    augment: bool = True,
+    crop_padding: int = 4,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    backbone_lr_scale: float = 0.1,
+    warmup_epochs: float = 0.0,
+    image_size: int | None = None,
+    num_workers: int = 0,
+    loss_fn: LossFn | None = None,
+    trainable: Callable[[nn.Module], Iterable[nn.Parameter]] | None = None,
+    on_step: Callable[[int, nn.Module, dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainHistory:
+    """Train ``model`` (a :class:`~sslguard.models.classifier.Classifier`) in place on ``dataset``'s labels.
+
+    SGD with momentum (or ``optimizer="adamw"``), a linear warm-up then cosine decay per step, batched
+    crop+flip augmentation on ``uint8`` tensors (``augment=False`` turns it off). Seeded: the same
+    ``seed`` and process count give the same weights. With ``accelerator``, the model, optimiser and
+    loader are prepared by accelerate (DDP across processes) and the trained weights are copied back
+    into ``model`` on every process. Returns the per-epoch :class:`TrainHistory`.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if mode in ("linear", "finetune") and not hasattr(model, "backbone"):
+        raise ValueError(f"mode={mode!r} needs a model with a .backbone (a Classifier)")
+    seed_everything(seed)
+    custom_loss = loss_fn is not None
+    rank = accelerator.process_index if accelerator is not None else 0
+    groups = _param_groups(model, mode, lr, backbone_lr_scale, trainable)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    else:
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    loader = uint8_loader(dataset, batch_size, image_size, shuffle=True, num_workers=num_workers, drop_last=len(dataset) > batch_size, seed=seed)
+    net = model
+    if accelerator is not None:
+        net, opt, loader = accelerator.prepare(model, opt, loader)
+    steps_per_epoch = max(1, len(loader))
+    total = epochs * steps_per_epoch
+    warm = int(round(warmup_epochs * steps_per_epoch))
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    # One generator per process, so processes augment differently but reproducibly.
+    gen = torch.Generator()
+    gen.manual_seed(int(seed) * 1000 + 17 + rank)
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    history = TrainHistory()
+    t0 = time.perf_counter()
+    step = 0
+    bar = tqdm(total=total, desc=f"train ({mode})", disable=not progress or rank != 0, leave=False)
+    for epoch in range(epochs):
+        _set_mode(net if accelerator is None else accelerator.unwrap_model(net), mode)
+        run_loss, run_correct, run_n = 0.0, 0, 0
+        for images, labels, index in loader:
+            images, labels = images.to(device), labels.to(device)
+            if augment:
+                images = random_crop_flip(images, crop_padding, True, gen)
+            x = to_float(images)
+            pred = None
+            if custom_loss:
+                loss = loss_fn(net, x, labels, index)
+            else:
+                # The default path keeps the logits, so training accuracy costs no second forward
+                # (a second forward in train mode would also update BatchNorm statistics twice).
+                logits = net(x)
+                loss = F.cross_entropy(logits, labels)
+                pred = logits.detach().argmax(1)
+            opt.zero_grad(set_to_none=True)
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+            opt.step()
+            sched.step()
+            n = len(labels)
+            run_loss += float(loss.detach()) * n
+            run_n += n
+            if pred is not None:
+                run_correct += int((pred == labels).sum())
+            stats = {"loss": float(loss.detach()), "lr": float(sched.get_last_lr()[-1])}
+            if on_step is not None:
+                on_step(step, model, stats)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}")
+        history.loss.append(run_loss / max(1, run_n))
+        history.accuracy.append(float("nan") if custom_loss else run_correct / max(1, run_n))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, {"loss": history.loss[-1], "epoch": epoch})
+    bar.close()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        trained = accelerator.unwrap_model(net)
+        if trained is not model:
+            model.load_state_dict(trained.state_dict())
+    model.eval()
+    history.seconds = time.perf_counter() - t0
+    return history
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+class TriggeredDataset(IndexedDataset):
+    """``base`` items with the attack's test-time trigger (``attack.apply_test``); keys are kept.
+
+    Each image gets its own generator seeded by ``(seed, key)``, so a triggered test set is the same
+    whatever the order it is read in or the number of processes reading it.
+    """
+
+    def __init__(self, base: IndexedDataset, attack, seed: int = 0):
+        self.base = base
+        self.attack = attack
+        self.seed = int(seed)
+        self.labels = base.labels
+        self.keys = base.keys
+        self.classes = base.classes
+        self.skipped = []
+
+    def load_array(self, pos: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 3, int(self.keys[pos])])
+        return self.attack.apply_test(self.base.load_array(pos), rng)
+
+    def load_image(self, pos: int) -> Image.Image:
+        return Image.fromarray(self.load_array(pos), mode="RGB")
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module,
+    test_dataset: IndexedDataset,
+    attack=None,
+    *,
+    batch_size: int = 256,
+    accelerator=None,
+    image_size: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """``{"clean_acc", "asr"}`` on ``test_dataset``.
+
+    ``clean_acc``: accuracy on the test images as they are. ``asr``: among test images whose true label
+    is not ``attack.target``, the share classified as the target once the attack's test-time trigger is
+    applied (``nan`` without an attack). Also returns ``n_clean`` and ``n_asr``.
+    """
+    from sslguard.models.classifier import predict
+
+    _, logits = predict(model, test_dataset, batch_size=batch_size, accelerator=accelerator, image_size=image_size,
+                        progress=progress)
+    labels = np.asarray(test_dataset.labels)
+    out = {"clean_acc": float((logits.argmax(1) == labels).mean()), "n_clean": int(len(labels)),
+           "asr": float("nan"), "n_asr": 0}
+    if attack is not None:
+        non_target = np.flatnonzero(labels != attack.target)
+        trig = TriggeredDataset(test_dataset.subset(non_target), attack, seed=seed)
+        _, tl = predict(model, trig, batch_size=batch_size, accelerator=accelerator, image_size=image_size, progress=progress)
+        out["asr"] = float((tl.argmax(1) == attack.target).mean())
+        out["n_asr"] = int(len(non_target))
+    return out

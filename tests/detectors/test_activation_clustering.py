@@ -1,0 +1,145 @@
+"""Activation clustering (Chen et al. 2018): finds planted BadNets poisons; 1 process == 2 processes."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sslguard.bench.classifier import planted_digits_case
+from sslguard.detectors import get_detector
+from sslguard.detectors.activation_clustering import two_cluster_analysis
+from sslguard.metrics import detection_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+CASE = dict(rate=0.3, rate_of="target")  # poisons are about a quarter of the target label
+
+
+@pytest.fixture(scope="module")
+def case():
+    c = planted_digits_case(**CASE)
+    assert c.metrics["asr"] >= 0.9 and c.metrics["clean_acc"] >= 0.8, c.metrics  # the backdoor was learned
+    return c
+
+
+def test_finds_planted_poisons(case):
+    r = get_detector("activation_clustering")(case.model, case.train)
+    m = detection_metrics(r.scores, r.flagged, case.truth)
+    chance_precision = case.truth.mean()
+    assert m["auroc"] >= 0.9 and m["f1"] >= 0.7 and m["precision"] >= 5 * chance_precision, m
+    assert case.attack.target in r.info["flagged_classes"]
+    # flags are exactly the scores above the threshold, and cluster evidence matches them
+    assert np.array_equal(r.flagged, r.scores > r.threshold)
+    assert np.all(r.evidence["cluster"][r.flagged] == 1)
+
+
+def test_paper_size_rule_and_options_run(case):
+    acts = get_detector("activation_clustering")(case.model, case.train, reduce="pca", decision="size")
+    assert acts.info["decision"] == "size" and len(acts.scores) == len(case.train)
+    with pytest.raises(ValueError, match="decision"):
+        get_detector("activation_clustering")(case.model, case.train, decision="vote")
+
+
+def test_two_cluster_analysis_on_a_planted_gaussian_split():
+    rng = np.random.default_rng(0)
+    n_per, d = 120, 32
+    feats, labels, truth = [], [], []
+    for c in range(6):
+        x = rng.normal(size=(n_per, d))
+        t = np.zeros(n_per, bool)
+        if c == 2:  # a fifth of class 2 sits far away along one direction
+            t[: n_per // 5] = True
+            x[t, 0] += 12.0
+        feats.append(x), labels.append(np.full(n_per, c)), truth.append(t)
+    X, y, truth = np.concatenate(feats), np.concatenate(labels), np.concatenate(truth)
+    scores, flagged, cluster, margin, info = two_cluster_analysis(X, y, reduce="pca", seed=0)
+    assert np.array_equal(flagged, truth)
+    assert [k for k, v in info.items() if v["poisoned"]] == ["2"]
+    assert scores[truth].min() > scores[~truth].max()
+
+
+def test_auto_picks_the_tighter_cluster_when_the_split_is_even():
+    rng = np.random.default_rng(1)
+    d = 16
+    X, y = [], []
+    for c in range(5):
+        x = rng.normal(size=(100, d))
+        if c == 0:  # half of class 0 is a tight blob far away (poisons sharing one trigger feature)
+            x[:50] = rng.normal(scale=0.2, size=(50, d))
+            x[:50, 0] += 10.0
+        X.append(x), y.append(np.full(100, c))
+    X, y = np.concatenate(X), np.concatenate(y)
+    truth = np.zeros(len(y), bool)
+    truth[:50] = True
+    _, flagged, _, _, info = two_cluster_analysis(X, y, reduce="pca", poison_cluster="auto", seed=0)
+    assert np.array_equal(flagged, truth), info["0"]
+    _, flagged_small, _, _, _ = two_cluster_analysis(X, y, reduce="pca", poison_cluster="smaller", seed=0)
+    assert info["0"]["cluster_sizes"] == [50, 50] and flagged_small[truth].sum() in (0, 50)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORKER = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+from accelerate import Accelerator
+from sslguard.data import load_digits_dataset, poison_dataset
+from sslguard.data.attacks import build_attack
+from sslguard.detectors import get_detector
+from sslguard.models.classifier import build_classifier
+acc = Accelerator(cpu=True)
+assert acc.num_processes == 2
+out = sys.argv[1]
+train = load_digits_dataset("train")
+attack = build_attack("badnets", target=0, rate={rate}, rate_of="{rate_of}", seed=0, size_fraction=0.15)
+ds, _ = poison_dataset(train, attack)
+model = build_classifier("convnet4", 10, width=8)
+model.load_state_dict(torch.load(out + "/model.pt"))
+model.eval()
+ac = get_detector("activation_clustering")(model, ds, accelerator=acc, batch_size=100)
+sp = get_detector("spectral")(model, ds, accelerator=acc, batch_size=100, expected_rate=0.3)
+if acc.is_main_process:
+    np.savez(out + "/two.npz", ac_scores=ac.scores, ac_flagged=ac.flagged, ac_index=ac.index,
+             sp_scores=sp.scores, sp_flagged=sp.flagged)
+acc.wait_for_everyone()
+"""
+
+
+def test_two_processes_give_the_same_scores_as_one(case, tmp_path):
+    torch.save(case.model.state_dict(), tmp_path / "model.pt")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(**CASE))
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=180)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o[-3000:]
+    two = np.load(tmp_path / "two.npz")
+    ac = get_detector("activation_clustering")(case.model, case.train, batch_size=256)
+    sp = get_detector("spectral")(case.model, case.train, batch_size=256, expected_rate=0.3)
+    assert np.array_equal(two["ac_index"], ac.index)
+    np.testing.assert_allclose(two["ac_scores"], ac.scores, atol=1e-4)
+    assert np.array_equal(two["ac_flagged"], ac.flagged)
+    np.testing.assert_allclose(two["sp_scores"], sp.scores, rtol=1e-4, atol=1e-6)
+    assert np.array_equal(two["sp_flagged"], sp.flagged)

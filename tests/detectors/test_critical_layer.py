@@ -1,0 +1,38 @@
+"""Critical-layer filtering (Jebreel et al. 2023) with a small trusted benign set."""
+
+import numpy as np
+import pytest
+
+from sslguard.bench.classifier import planted_digits_case
+from sslguard.data.datasets import subset_per_class
+from sslguard.detectors import get_detector
+from sslguard.metrics import detection_metrics
+
+
+@pytest.fixture(scope="module")
+def case():
+    c = planted_digits_case(rate=0.3, rate_of="target")
+    assert c.metrics["asr"] >= 0.9, c.metrics
+    return c
+
+
+def test_finds_planted_poisons_with_twenty_benign_images_per_class(case):
+    benign = subset_per_class(case.test, 20, seed=0)
+    r = get_detector("critical_layer")(case.model, case.train, benign)
+    m = detection_metrics(r.scores, r.flagged, case.truth)
+    # the benign statistics come from 20 images per class, so the false-positive rate is loose
+    assert m["auroc"] >= 0.9 and m["tpr"] >= 0.7 and m["fpr"] <= 0.15, m
+    assert set(r.info["critical_layers"]) <= set(case.model.stage_names + ["logits"])
+    assert np.array_equal(r.flagged, r.scores > 2.5)
+    # the target class's training images drift furthest from their benign centroid at the critical layers
+    gap = {k: np.asarray(v) for k, v in r.info["gap"].items()}
+    assert all(int(np.argmax(gap[layer])) == case.attack.target for layer in r.info["critical_layers"])
+
+
+def test_fixed_layers_and_a_too_small_benign_set(case):
+    benign = subset_per_class(case.test, 10, seed=0)
+    r = get_detector("critical_layer")(case.model, case.train, benign, layers=["block2"])
+    assert r.info["critical_layers"] == ["block2"]
+    tiny = subset_per_class(case.test, 2, seed=0)
+    with pytest.raises(ValueError, match="at least 3 images"):
+        get_detector("critical_layer")(case.model, case.train, tiny)

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from sslguard.cluster import ClusterResult, kmeans, l2_normalize
+
+
+def _blobs(rng, n_per=50, k=4, d=16, spread=0.05):
+    centers = l2_normalize(rng.normal(size=(k, d)))
+    x = np.concatenate([c + spread * rng.normal(size=(n_per, d)) for c in centers]).astype(np.float32)
+    return x, np.repeat(np.arange(k), n_per)
+
+
+def test_recovers_blobs_and_is_deterministic(rng):
+    x, y = _blobs(rng)
+    a = kmeans(x, 4, seed=3)
+    b = kmeans(x, 4, seed=3)
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    # every true blob maps to one cluster and every cluster to one blob
+    pairs = set(zip(y.tolist(), a.assignments.tolist()))
+    assert len(pairs) == 4 and len({p[1] for p in pairs}) == 4
+    assert a.k == 4 and a.spherical and a.sizes.sum() == len(x)
+    # cosine similarities to the assigned centroid are what ``similarities`` says
+    sims = a.similarities(x)
+    np.testing.assert_allclose(sims[np.arange(len(x)), a.assignments], a.distances, atol=1e-5)
+    np.testing.assert_array_equal(sims.argmax(1), a.assignments)
+
+
+def test_euclidean_option_and_inertia(rng):
+    x, _ = _blobs(rng, spread=0.01)
+    r = kmeans(x * 10, 4, spherical=False, seed=0)
+    assert not r.spherical
+    sq = ((x * 10 - r.centroids[r.assignments]) ** 2).sum(1)
+    np.testing.assert_allclose(r.distances, sq, rtol=1e-3, atol=1e-3)
+    assert r.inertia == pytest.approx(float(sq.sum()), rel=1e-3)
+
+
+def test_k_larger_than_n_is_a_clear_error(rng):
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="k=6 clusters asked for only 5"):
+        kmeans(x, 6)
+    with pytest.raises(ValueError, match="positive"):
+        kmeans(x, 0)
+
+
+def test_save_load_roundtrip(tmp_path, rng):
+    x, _ = _blobs(rng, n_per=10)
+    r = kmeans(x, 3, seed=1)
+    path = r.save(tmp_path / "clusters.npz")
+    back = ClusterResult.load(path)
+    np.testing.assert_array_equal(back.assignments, r.assignments)
+    np.testing.assert_array_equal(back.centroids, r.centroids)
+    assert (back.k, back.spherical, back.seed) == (3, True, 1)
+    assert back.inertia == pytest.approx(r.inertia)
+    assert not list(tmp_path.glob(".clusters.npz.*"))  # no temporary file left behind

@@ -1,0 +1,196 @@
+"""The detection pipeline end to end on tiny CPU configs: caching and resume after SIGKILL, read-only
+sources, unlabeled folders, fusion."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sslguard
+from sslguard.config import ConfigError
+from sslguard.pipeline import KILL_ENV, fuse, load_detect_config, normalised_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "detect.py"
+
+# Small enough for a CPU test (~300 digits at 16 px, one SSL epoch), big enough that every stage runs.
+TINY = [
+    "data.name=digits", "data.subset_per_class=30", "data.image_size=16",
+    "attack.name=htba", "attack.target=0", "attack.rate=0.5", "attack.params.size_fraction=0.25",
+    "ssl.epochs=1", "ssl.batch_size=64", "ssl.width=8", "cluster.k=5",
+    "detectors.ssl=[poisoncam]", "detectors.classifier=[activation_clustering]",
+    "classifier.epochs=1", "classifier.width=8", "report.top_k=6",
+]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop(KILL_ENV, None)
+    return env
+
+
+def _detect_subprocess(config: Path, args: list[str], kill_after: str | None = None) -> subprocess.CompletedProcess:
+    env = _env()
+    if kill_after is not None:
+        env[KILL_ENV] = kill_after
+    return subprocess.run([sys.executable, str(SCRIPT), "--quiet", "--config", str(config), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _tree_hashes(root: Path) -> dict[str, tuple[str, int]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+def _write_digit_folder(root: Path, labeled: bool, per_class: int = 8) -> None:
+    from sslguard.data import load_digits_dataset
+
+    ds = load_digits_dataset("all", size=16)
+    for c in range(10):
+        for j, pos in enumerate(np.flatnonzero(ds.labels == c)[:per_class]):
+            d = root / str(c) if labeled else root
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ds.images[pos]).save(d / f"{c}_{j}.png")
+
+
+def test_killed_run_resumes_with_identical_scores(tmp_path):
+    """SIGKILL after the embed stage, then in the middle of the detect stage; the resumed run reuses
+    every committed stage and writes the same scores.csv bytes as an uninterrupted run."""
+    full = sslguard.detect(overrides=TINY + [f"output_dir={tmp_path / 'full'}", "name=r"], quiet=True)
+    reference = (full.run_dir / "scores.csv").read_bytes()
+
+    args = TINY + [f"output_dir={tmp_path / 'killed'}", "name=r"]
+    run_dir = tmp_path / "killed" / "r"
+    base = tmp_path / "base.yaml"  # the defaults, as the in-process run above used
+    base.write_text("seed: 0\n")
+    first = _detect_subprocess(base, args, kill_after="embed")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert (run_dir / "embeddings.npy").exists() and not (run_dir / "clusters.npz").exists()
+
+    second = _detect_subprocess(base, args, kill_after="detector:poisoncam")
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert (run_dir / "detectors" / "poisoncam.json").exists() and not (run_dir / "scores.csv").exists()
+
+    resumed = sslguard.detect(overrides=args, quiet=True)
+    cached = set(resumed.cached_stages)
+    assert {"data", "encoder", "embed", "cluster", "detector:poisoncam"} <= cached
+    assert "classifier" not in cached and "fuse" not in cached
+    assert (run_dir / "scores.csv").read_bytes() == reference
+
+    again = sslguard.detect(overrides=args, quiet=True)  # a finished run is reused whole
+    assert {"fuse", "report", "detector:activation_clustering"} <= set(again.cached_stages)
+    assert (run_dir / "scores.csv").read_bytes() == reference
+
+
+def test_config_change_invalidates_only_downstream_stages_and_retrain(tmp_path):
+    args = TINY + [f"output_dir={tmp_path}", "name=r", "detectors.classifier=[]"]
+    first = sslguard.detect(overrides=args, quiet=True)
+    changed = sslguard.detect(overrides=args + ["detectors.params.poisoncam.z=2.0", "retrain.enabled=true"], quiet=True)
+    cached = set(changed.cached_stages)
+    assert {"data", "encoder", "embed", "cluster"} <= cached
+    assert "detector:poisoncam" not in cached and "retrain" not in cached
+    assert first.detections["poisoncam"].threshold != changed.detections["poisoncam"].threshold
+    # retraining on the clean manifest: a second encoder and the backdoor numbers before and after
+    retrain = changed.summary["retrain"]
+    assert (changed.run_dir / "encoder_clean.safetensors").is_file()
+    assert retrain["n_train_after"] == len(changed.clean_indices) < retrain["n_train_before"]
+    for when in ("before", "after"):
+        assert {"triggered", "random_patch", "clean", "knn_accuracy"} <= set(retrain[when])
+        assert 0.0 <= retrain[when]["knn_accuracy"] <= 1.0
+    assert 'id="backdoor"' in changed.report_path.read_text()
+
+
+def test_source_folder_is_never_modified(tmp_path):
+    src = tmp_path / "src"
+    _write_digit_folder(src, labeled=True)
+    (src / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    before = _tree_hashes(src)
+    result = sslguard.detect(overrides=TINY + [f"output_dir={tmp_path / 'runs'}", "name=folder", "data.name=imagefolder",
+                                               f"data.root={src}", "data.subset_per_class=null", "data.test_split=null",
+                                               "attack.rate=0.5"], quiet=True)
+    assert _tree_hashes(src) == before
+    # the unreadable file is listed with its reason, in the summary and the report
+    assert result.summary["n_skipped_files"] == 1
+    assert "broken.png" in result.report_path.read_text()
+    # the clean manifest names files under the source root that a loader can read back
+    from sslguard.sanitize import read_file_list, read_index_list
+
+    files = read_file_list(result.paths["clean_manifest.txt"])
+    kept = read_index_list(result.paths["clean_indices.txt"])
+    assert len(files) == len(kept) == len(result.clean_indices)
+    assert all(f.exists() and src.resolve() in f.parents for f in files)
+
+
+def test_output_inside_source_folder_is_refused(tmp_path):
+    src = tmp_path / "src"
+    _write_digit_folder(src, labeled=True, per_class=2)
+    with pytest.raises(ConfigError, match="^output_dir"):
+        load_detect_config(None, ["data.name=imagefolder", f"data.root={src}", f"output_dir={src / 'runs'}"])
+
+
+def test_unlabeled_flat_folder_without_ground_truth(tmp_path):
+    src = tmp_path / "flat"
+    _write_digit_folder(src, labeled=False)
+    result = sslguard.detect(overrides=TINY + [f"output_dir={tmp_path / 'runs'}", "name=flat", "data.name=imagefolder",
+                                               f"data.root={src}", "data.subset_per_class=null", "data.test_split=null",
+                                               "attack=null"], quiet=True)
+    d = result.run_dir
+    for name in ("scores.csv", "flagged.txt", "clean_indices.txt", "clean_manifest.txt", "summary.json", "report.html"):
+        assert (d / name).is_file(), name
+    header = (d / "scores.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["index", "path", "label"] and "poisoned" not in header
+    assert result.metrics == {} and result.summary["metrics"] == {}
+    assert list(result.detections) == ["poisoncam"]  # the classifier stage needs labels
+    assert any("no labels" in n["text"] for n in result.summary["notices"])
+    n_kept = len((d / "clean_indices.txt").read_text().split())
+    assert n_kept + len(result.flagged_indices) == len(result.index) == 80
+
+
+def test_fusion_rules():
+    from sslguard.detectors.base import DetectionResult
+
+    idx = np.arange(6)
+    a = DetectionResult("a", idx, [0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 1, 1], 3.5)
+    b = DetectionResult("b", idx, [5, 4, 3, 2, 1, -np.inf], [1, 0, 0, 0, 0, 0], 4.5)
+    assert fuse([a, b], flag="any").flagged.tolist() == [1, 0, 0, 0, 1, 1]
+    assert fuse([a, b], flag="all").flagged.sum() == 0
+    assert fuse([a, b], flag="majority").flagged.sum() == 0  # one vote of two is not a majority
+    assert fuse([a], flag="majority").flagged.tolist() == a.flagged.tolist()
+    ranks = normalised_scores(b.scores, "rank_mean")
+    assert ranks[5] == 0.0 and ranks[0] == 1.0  # -inf ranks lowest
+    top = fuse([a, a], method="max_norm", flag="fused", fused_quantile=0.5)
+    assert top.flagged.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_python_api_accepts_sections_and_reports_errors_by_key(tmp_path):
+    cfg = load_detect_config(ROOT / "configs" / "quickstart.yaml", ["ssl.epochs=2"], name="api", attack=None,
+                             extra_attack=None, data={"subset_per_class": 5})
+    assert cfg.name == "api" and cfg.attack is None and cfg.ssl.epochs == 2
+    assert cfg.data.subset_per_class == 5 and cfg.data.name == "digits"  # sections merge into the file's
+    with pytest.raises(ConfigError, match=r"^extra_attack"):
+        load_detect_config(ROOT / "configs" / "quickstart.yaml", attack=None)
+    with pytest.raises(ConfigError, match=r"^fusion\.flag"):
+        load_detect_config(None, ["fusion.flag=sometimes"])
+    with pytest.raises(ConfigError, match=r"^detectors\.params\.poisoncam\.nonsense"):
+        load_detect_config(None, ["detectors.ssl=[poisoncam]", "detectors.params.poisoncam.nonsense=1"])
+
+
+def test_package_import_is_light():
+    """``import sslguard`` loads neither torch nor matplotlib; the public names load on first use."""
+    code = ("import sys, sslguard; heavy = [m for m in ('torch', 'matplotlib', 'faiss', 'sklearn') if m in sys.modules]; "
+            "print(heavy); assert not heavy; assert callable(sslguard.detect) and sslguard.DetectConfig")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
