@@ -26,3 +26,12 @@ def test_json_is_deterministic_and_accepts_numpy(tmp_path):
 def test_save_npy_keeps_the_name(tmp_path):
     p = save_npy(tmp_path / "emb.npy", np.eye(3, dtype=np.float32))
     assert p.name == "emb.npy" and np.array_equal(np.load(p), np.eye(3))
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "report.html", "x")
+    finally:
+        os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == 0o644
