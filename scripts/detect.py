@@ -7,7 +7,7 @@ manifest and report.html to runs/<name>/.
 
 Dotted overrides (key=value, values parsed as YAML; attack=null removes the attack) are applied on
 top of the config file. A rerun with the same settings reuses every finished stage.
-Exit codes: 0 done, 2 bad configuration (one line naming the key).
+Exit codes: 0 done, 2 bad configuration (one line naming the key), 1 unusable data (one line naming the file).
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from sslguard.config import ConfigError
+    from sslguard.cli import run_guarded
+
+    return run_guarded(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from sslguard.pipeline import load_detect_config, run_pipeline
 
     config = args.config if args.config is not None else DEFAULT_CONFIG
-    try:
-        cfg = load_detect_config(config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_detect_config(config, args.overrides)
     t0 = time.perf_counter()
     result = run_pipeline(cfg, quiet=args.quiet)
     if result is None:  # a non-main process of a distributed launch

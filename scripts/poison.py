@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sslguard.config import ConfigError, PoisonConfig, dump_yaml, load_config
+from sslguard.config import PoisonConfig, dump_yaml, load_config
 from sslguard.data.attacks import build_attack
 from sslguard.data.attacks.export import poison_and_save
 from sslguard.data.datasets import build_dataset
@@ -27,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after --preview
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides) + ([f"preview={args.preview}"] if args.preview else [])
-    try:
-        cfg = load_config(PoisonConfig, args.config, overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    from sslguard.cli import run_guarded
+
+    return run_guarded(lambda: _run(args, overrides))
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = load_config(PoisonConfig, args.config, overrides)
     d, a = cfg.data, cfg.attack
     dataset = build_dataset(d.name, split=d.split, root=d.root, subset_per_class_n=d.subset_per_class,
                             seed=cfg.data_seed, on_error=d.on_error, image_size=d.image_size)

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from sslguard.config import ConfigError, TrainSSLConfig, load_config
+from sslguard.config import TrainSSLConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. ssl.epochs=5 attack=null")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(TrainSSLConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    from sslguard.cli import run_guarded
+
+    return run_guarded(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(TrainSSLConfig, args.config, args.overrides)
     from sslguard.train.ssl import train_ssl_from_config
 
     res = train_ssl_from_config(cfg)
