@@ -138,7 +138,7 @@ def load_uint8(dataset, positions: Sequence[int] | np.ndarray, image_size: int |
     for p in np.asarray(positions, dtype=np.int64).tolist():
         arr = dataset.load_array(p)
         if resize is None or arr.shape[:2] == (image_size, image_size):  # already the size: skip PIL
-            arrs.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1))
+            arrs.append(torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1))  # copy: cached arrays are read-only
         else:
             arrs.append(resize(dataset.load_image(p)))
     return torch.stack(arrs) if arrs else torch.zeros(0, 3, image_size or 1, image_size or 1, dtype=torch.uint8)

@@ -14,6 +14,14 @@ Settings (target class 0 unless changed; rates are fractions of the target class
   and PatchSearch) and 10% of the class;
 - ``blend_50``, ``ctrl_50``: global triggers (alpha-blended noise; CTRL's frequency trigger).
 
+Measured on 2026-11-21 (2 shared CPU cores, one torch thread): a SimCLR convnet4 trained 39 epochs
+(batch 256, SGD, 70 min wall under contention) on the htba12_50 corpus learned the trigger only in
+part (kNN target rate of non-target test images: triggered 0.30, random 12 px patch 0.08, clean 0.05)
+and formed no trigger cluster (at best 192 poisons among 1,129 members at k=10; 52 of 66 at k=200).
+Neither detector can find what the embedding does not separate: PoisonCAM confirmed no cluster
+(AUROC 0.45), PatchSearch's search ended on a clean cluster (AUROC 0.50). On the planted case, where
+the trigger does form a cluster, both reach AUROC 1.0 (tests/detectors).
+
 The CIFAR-10 copy is JPEG (see ``shared/data/README.md``): numbers here are for this copy, not CIFAR-10
 results to quote against the papers.
 """
@@ -197,9 +205,6 @@ def backdoor_learned(backbone, train_ds, attack, *, target: int, root=None, max_
     return rates.to_dict()
 
 
-DETECTOR_DEFAULTS: dict[str, dict[str, Any]] = {"poisoncam": {}, "patchsearch": {}}
-
-
 def evaluate_detectors(backbone, dataset, manifest, *, k: int = 10, seed: int = 0, batch_size: int = 256,
                        detectors: Sequence[str] = ("poisoncam", "patchsearch"),
                        detector_kwargs: dict[str, dict[str, Any]] | None = None,
@@ -225,7 +230,7 @@ def evaluate_detectors(backbone, dataset, manifest, *, k: int = 10, seed: int = 
               for c, s in enumerate(clusters.sizes)]
     rows = []
     for name in detectors:
-        kw = {**DETECTOR_DEFAULTS.get(name, {}), **(detector_kwargs or {}).get(name, {})}
+        kw = dict((detector_kwargs or {}).get(name, {}))
         res, cost = measure(get_detector(name), backbone=backbone, dataset=dataset, embeddings=emb,
                             clusters=clusters, seed=seed, batch_size=batch_size, **kw)
         m = detection_metrics(res.scores, res.flagged, truth)

@@ -26,7 +26,7 @@ This implementation (our own code, following the idea) runs in three steps:
    Grad-CAM drop is returned and flagged by the MAD rule over all images.
 
 Defaults, as measured on the planted digits case (:func:`sslguard.bench.detect.planted_digits_case`,
-a 10 px trigger on 32 px images, k=10): ``window_fraction=0.375`` (12 px) with ``stride_fraction=0.125``
+a 10 px trigger on 32 px images, k=10, n_probe=12, n_null=64): ``window_fraction=0.375`` (12 px) with ``stride_fraction=0.125``
 (4 px) gave F1 0.99 / AUROC 1.00; a coarser 8 px stride left some triggers half-covered (F1 0.86 /
 AUROC 0.99); a 16 px window erased half of every clean digit too, so no cluster stood out (nothing
 confirmed, F1 0.49 / AUROC 0.69). A window of side w on a stride s fully covers any trigger of side
