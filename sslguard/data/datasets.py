@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import zipfile
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -40,7 +41,7 @@ UNLABELED = -1
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-class IndexedDataset(Dataset):
+class IndexedDataset(Dataset, ABC):
     """Base class: ``labels`` and ``keys`` are arrays aligned with positions ``0..len-1``."""
 
     classes: list[str]
@@ -51,8 +52,9 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def load_image(self, pos: int) -> Image.Image:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def load_image(self, pos: int) -> Image.Image:
+        """The image at position ``pos`` as 8-bit RGB."""
 
     def path(self, pos: int) -> str | None:
         """The source file of item ``pos``, where there is one."""
