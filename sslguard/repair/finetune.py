@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from sslguard.data.datasets import IndexedDataset, IndexedSubset

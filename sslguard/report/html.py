@@ -151,7 +151,7 @@ def render_html(c: ReportContent) -> str:
     nav += [(f.id, f.title) for f in c.figures if f.id not in inline]
     nav += [("flagged", "Flagged images"), ("skipped", "Skipped files"), ("outputs", "Files")]
 
-    parts.append(f'<section id="summary"><h2>Summary</h2>')
+    parts.append('<section id="summary"><h2>Summary</h2>')
     for n in c.notices:
         parts.append(f'<div class="notice {esc(n.level)}">{esc(n.text)}</div>')
     parts.append(_table(None, [(_Raw(f"<b>{esc(k)}</b>"), v) for k, v in c.summary]))

@@ -1,10 +1,5 @@
 """Activation clustering (Chen et al. 2018): finds planted BadNets poisons; 1 process == 2 processes."""
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +9,8 @@ from sslguard.bench.classifier import planted_digits_case
 from sslguard.detectors import get_detector
 from sslguard.detectors.activation_clustering import two_cluster_analysis
 from sslguard.metrics import detection_metrics
+from tests.multiproc import run_script_distributed
 
-ROOT = Path(__file__).resolve().parents[2]
 CASE = dict(rate=0.3, rate_of="target")  # poisons are about a quarter of the target label
 
 
@@ -81,12 +76,6 @@ def test_auto_picks_the_tighter_cluster_when_the_split_is_even():
     assert info["0"]["cluster_sizes"] == [50, 50] and flagged_small[truth].sum() in (0, 50)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 WORKER = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
@@ -117,24 +106,7 @@ def test_two_processes_give_the_same_scores_as_one(case, tmp_path):
     torch.save(case.model.state_dict(), tmp_path / "model.pt")
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(**CASE))
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=180)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
+    run_script_distributed(script, [str(tmp_path)])
     two = np.load(tmp_path / "two.npz")
     ac = get_detector("activation_clustering")(case.model, case.train, batch_size=256)
     sp = get_detector("spectral")(case.model, case.train, batch_size=256, expected_rate=0.3)

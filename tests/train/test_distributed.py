@@ -1,16 +1,13 @@
 """Two CPU processes (gloo) train without error, and SimCLR's loss covers the global batch."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import importlib.util
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.multiproc import run_script_distributed
+
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
@@ -21,31 +18,8 @@ def fixed_model_and_views():
     return mod.fixed_model_and_views()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_loss_equals_single_process_global_batch(tmp_path):
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path)],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
+    run_script_distributed(WORKER, [str(tmp_path)], timeout=120)
     got = torch.load(tmp_path / "result.pt", weights_only=True)
 
     # one process, the whole global batch of 8
