@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
 
 
-def _dist_info(accelerator) -> tuple[int, int, torch.device]:
+def _dist_info(accelerator, device: str | torch.device | None = None) -> tuple[int, int, torch.device]:
     if accelerator is not None:
         return accelerator.process_index, accelerator.num_processes, accelerator.device
-    return 0, 1, torch.device("cpu")
+    return 0, 1, torch.device(device if device is not None else "cpu")
 
 
 def _gather(index: np.ndarray, outs: Outputs, world: int) -> tuple[np.ndarray, Outputs]:
@@ -53,16 +53,18 @@ def extract(
     num_workers: int = 0,
     desc: str = "extracting",
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> tuple[np.ndarray, Outputs]:
     """Run ``fn`` on every image of ``dataset`` and return ``(keys, outputs)`` in dataset order.
 
     ``fn`` gets a ``uint8`` batch ``(B, 3, H, W)`` already on the device and returns a tensor or a dict
     of tensors with ``B`` rows; outputs come back as float32/int numpy arrays. With ``accelerator``,
-    every process must call this (the gather is collective) and all get the full result.
+    every process must call this (the gather is collective) and all get the full result; without
+    one, batches go to ``device`` (default CPU).
     """
     from tqdm.auto import tqdm
 
-    rank, world, device = _dist_info(accelerator)
+    rank, world, device = _dist_info(accelerator, device)
     n = len(dataset)
     shard = np.array_split(np.arange(n), world)[rank]
     sub = torch.utils.data.Subset(TransformDataset(dataset, ResizeUint8(image_size)), shard.tolist())

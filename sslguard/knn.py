@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict as _lightly_knn_predict
 
-from sslguard.data.transforms import to_float, uint8_loader
+from sslguard.data.transforms import to_float
 from sslguard.train.augment import DEFAULT_MEAN, DEFAULT_STD
 
 
@@ -76,20 +76,23 @@ def extract_features(backbone: torch.nn.Module, dataset, batch_size: int = 256, 
     normalised with ``mean``/``std`` (the encoder's training normalisation). The backbone is run in
     eval mode and its previous mode is restored.
     """
+    from sslguard.embed import extract
+
     dev = torch.device(device) if device is not None else next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
-    feats, labels, keys = [], [], []
+
+    def fn(images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images, mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return backbone(x)
+
     try:
-        for images, lab, idx in uint8_loader(dataset, batch_size, image_size, shuffle=False):
-            x = to_float(images.to(dev), mean, std)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            feats.append(backbone(x).float().cpu())
-            labels.append(lab)
-            keys.append(idx)
+        keys, out = extract(dataset, fn, batch_size=batch_size, image_size=image_size, device=dev,
+                            desc="features", progress=False)
     finally:
         backbone.train(was_training)
-    if not feats:
-        return np.zeros((0, getattr(backbone, "feature_dim", 0)), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy(), torch.cat(keys).numpy()
+    if not len(keys):
+        return np.zeros((0, getattr(backbone, "feature_dim", 0)), np.float32), np.zeros(0, np.int64), keys
+    return out["features"], np.asarray(dataset.labels, dtype=np.int64), keys
