@@ -71,18 +71,43 @@ def poisoned_cifar10(setting: str, *, n_per_class: int | None = 1000, target: in
 
 def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "convnet4", width: int = 32,
                   epochs: int = 39, schedule_epochs: int | None = None, batch_size: int = 256, seed: int = 0,
-                  progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """SimCLR encoder on ``dataset`` (resumes from ``output_dir`` when a matching checkpoint is there)."""
+                  min_scale: float | None = None, augment: str = "cifar", mixed_precision: str = "no",
+                  channels_last: bool = False, progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """SimCLR encoder on ``dataset`` (resumes from ``output_dir`` when a matching checkpoint is there).
+
+    ``min_scale`` is the smallest random-resized-crop area (default SimCLR's 0.08; Saha et al. and
+    PatchSearch pretrain with MoCo v2's 0.2, under which a pasted patch survives in more views).
+    ``augment``: ``"cifar"`` is SimCLR's CIFAR recipe (:func:`~sslguard.train.augment.ssl_augmentations`:
+    jitter 0.4, no blur); ``"lightly"`` is lightly's ``SimCLRTransform`` defaults at 32 px (jitter 0.8 /
+    hue 0.2, blur p=0.5), stronger, which wipes out more of the natural-image cues than of a pasted patch.
+    """
     from sslguard.models.ssl import build_ssl_model, load_backbone, make_backbone
+    from sslguard.train.augment import ssl_augmentations
     from sslguard.train.ssl import train_ssl
 
     torch.manual_seed(seed)
     model = build_ssl_model("simclr", make_backbone(backbone, width=width))
+    if augment == "cifar":
+        views = ssl_augmentations("simclr", 32, min_scale=min_scale)
+    elif augment == "lightly":
+        # lightly.transforms.SimCLRTransform's defaults at input_size=32: jitter strength 1.0, blur p=0.5
+        from sslguard.train.augment import BatchAugment
+
+        v = BatchAugment(32, scale=(0.08 if min_scale is None else min_scale, 1.0), brightness=0.8, contrast=0.8,
+                         saturation=0.8, hue=0.2, blur_prob=0.5)
+        views = (v, v)
+    else:
+        raise ValueError(f"augment must be 'cifar' or 'lightly', got {augment!r}")
     t0 = time.perf_counter()
     res = train_ssl(model, dataset, epochs=epochs, schedule_epochs=schedule_epochs, batch_size=batch_size,
-                    image_size=32, output_dir=output_dir, seed=seed, progress=progress)
+                    image_size=32, augment=views,
+                    output_dir=output_dir, seed=seed, mixed_precision=mixed_precision, channels_last=channels_last,
+                    progress=progress)
     info = {"epochs": epochs, "schedule_epochs": schedule_epochs or epochs, "batch_size": batch_size,
-            "backbone": backbone, "width": width, "train_seconds_this_call": time.perf_counter() - t0,
+            "backbone": backbone, "width": width, "min_scale": 0.08 if min_scale is None else min_scale,
+            "augment": augment,
+            "mixed_precision": mixed_precision, "channels_last": channels_last,
+            "train_seconds_this_call": time.perf_counter() - t0,
             "final_loss": res.losses[-1] if res.losses else None, "encoder_path": str(res.encoder_path)}
     return load_backbone(res.encoder_path), info
 
@@ -254,6 +279,12 @@ class BenchConfig:
     target: int = 0
     train_epochs: int = 39
     schedule_epochs: Optional[int] = None
+    backbone: str = "convnet4"
+    width: int = 32
+    min_scale: Optional[float] = None  # random-resized-crop minimum area; None = SimCLR's 0.08
+    augment: str = "cifar"  # "cifar" (SimCLR's CIFAR recipe) or "lightly" (lightly SimCLRTransform defaults)
+    mixed_precision: str = "no"  # "bf16" is about 2x on a recent CPU
+    channels_last: bool = False
     k: int = 10
     seed: int = 0
     batch_size: int = 256
@@ -284,6 +315,12 @@ class BenchConfig:
             raise ConfigError("n_per_class: must be positive (or null for all 5,000 per class)")
         if self.k < 2:
             raise ConfigError(f"k: must be >= 2, got {self.k}")
+        if self.min_scale is not None and not 0.0 < self.min_scale <= 1.0:
+            raise ConfigError(f"min_scale: must be in (0, 1], got {self.min_scale}")
+        if self.augment not in ("cifar", "lightly"):
+            raise ConfigError(f"augment: 'cifar' or 'lightly', got {self.augment!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision: one of no, bf16, fp16; got {self.mixed_precision!r}")
         if self.train_epochs < 1:
             raise ConfigError(f"train_epochs: must be >= 1, got {self.train_epochs}")
 
@@ -297,11 +334,14 @@ def run_detect_benchmark(cfg: BenchConfig) -> Path:
         dataset, manifest = poisoned_cifar10(setting, n_per_class=cfg.n_per_class, target=cfg.target, seed=cfg.seed,
                                              root=cfg.data_root)
         if setting in cfg.encoders:
-            backbone, enc = load_encoder(cfg.encoders[setting]), {"encoder_path": cfg.encoders[setting],
-                                                                  "loaded": True}
+            backbone = load_encoder(cfg.encoders[setting], cfg.backbone, cfg.width)
+            enc = {"encoder_path": cfg.encoders[setting], "loaded": True}
         else:
-            backbone, enc = train_encoder(dataset, output_dir=sdir / "encoder", epochs=cfg.train_epochs,
-                                          schedule_epochs=cfg.schedule_epochs, seed=cfg.seed)
+            backbone, enc = train_encoder(dataset, output_dir=sdir / "encoder", backbone=cfg.backbone,
+                                          width=cfg.width, epochs=cfg.train_epochs,
+                                          schedule_epochs=cfg.schedule_epochs, seed=cfg.seed,
+                                          batch_size=cfg.batch_size, min_scale=cfg.min_scale, augment=cfg.augment,
+                                          mixed_precision=cfg.mixed_precision, channels_last=cfg.channels_last)
         backbone.eval()
         learned = backdoor_learned(backbone, dataset, manifest_attack(setting, cfg), target=cfg.target,
                                    root=cfg.data_root, seed=cfg.seed)
@@ -337,8 +377,38 @@ def _f(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
+def learned_verdict(learned: dict[str, Any] | None, purity: Sequence[dict[str, int]] | None,
+                    n_poisoned: int) -> str:
+    """Plain-words verdict on whether the encoder learned the backdoor, from the kNN target rates
+    (:func:`backdoor_learned`) and the k-means purity of the poisons.
+
+    ``learned`` needs both: triggered non-target test images go to the target (rate >= 0.5, at least
+    0.2 above a same-size random patch) *and* one cluster holds most poisons at purity >= 0.8, which is
+    what a cluster-based detector needs. A high random-patch rate means the encoder learned "any patch".
+    """
+    ln = learned or {}
+    trig, rand = ln.get("triggered"), ln.get("random_patch")
+    best = max(purity or [], key=lambda c: c["poisoned"], default=None)
+    cluster_ok = bool(best and n_poisoned and best["poisoned"] >= 0.5 * n_poisoned
+                      and best["poisoned"] >= 0.8 * best["size"])
+    where = (f"best cluster holds {best['poisoned']} of the {n_poisoned} poisons among {best['size']} members"
+             if best else "no clusters")
+    if trig is None:
+        return f"not measured; {where}"
+    rates = f"kNN target rate triggered {trig:.2f} vs random patch {rand:.2f}"
+    if trig >= 0.5 and trig - rand >= 0.2 and cluster_ok:
+        return f"**learned** ({rates}; {where})"
+    if trig >= 0.5 and rand >= 0.5:
+        return f"learned as 'any patch' ({rates}; {where})"
+    if cluster_ok:
+        return f"poisons clustered, trigger not transferred to test images ({rates}; {where})"
+    if trig - rand >= 0.1:
+        return f"partly learned, no trigger cluster ({rates}; {where})"
+    return f"**not learned** ({rates}; {where})"
+
+
 def write_table(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Markdown table of the benchmark rows (one per setting x detector)."""
+    """Markdown table of the benchmark rows (one per setting x detector), then a verdict per setting."""
     head = ("| setting | n | poisons | detector | learned: trig / rand-patch / clean | precision | recall | F1 | AUROC "
             "| top10 | top50 | top100 | top@poisons | detect wall s | detect CPU s | embed+cluster s | tracemalloc peak MiB "
             "| peak RSS MiB |")
@@ -354,4 +424,11 @@ def write_table(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
             _f(r["top50_precision"], 2), _f(r["top100_precision"], 2), _f(r["toptrue_precision"]),
             _f(r["seconds"], 1), _f(r.get("cpu_s"), 1), _f(r["embed_s"] + r["cluster_s"], 1), _f(r["tracemalloc_peak_mb"], 0),
             _f(r["peak_rss_mb"], 0)]) + " |")
+    verdicts = {}
+    for r in rows:
+        verdicts.setdefault(r["setting"], learned_verdict(r.get("learned"), r.get("cluster_purity"), r["n_poisoned"]))
+    lines += ["", "Did the encoder learn the backdoor? (kNN target rates of triggered vs random-patch non-target test "
+              "images, and how purely k-means gathered the poisons; a cluster-based detector can only find a "
+              "backdoor the encoder learned)", ""]
+    lines += [f"- {s}: {v}" for s, v in verdicts.items()]
     return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -93,6 +93,24 @@ def test_checkpoint_from_other_settings_is_refused(tiny, tmp_path):
     assert res.start_epoch == 0
 
 
+def test_checkpoint_with_other_augmentation_is_refused(tiny, tmp_path):
+    from sslguard.train.augment import ssl_augmentations
+
+    train_ssl(_model(), tiny, epochs=1, output_dir=tmp_path, augment=ssl_augmentations("simclr", 16), **KW)
+    with pytest.raises(ValueError, match="other settings.*augment"):
+        train_ssl(_model(), tiny, epochs=2, output_dir=tmp_path,
+                  augment=ssl_augmentations("simclr", 16, min_scale=0.2), **KW)
+
+
+def test_checkpoint_without_augment_key_still_resumes(tiny, tmp_path):
+    # checkpoints written before the augmentation entered the fingerprint resume as before
+    train_ssl(_model(), tiny, epochs=1, schedule_epochs=2, output_dir=tmp_path, **KW)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    del ckpt["fingerprint"]["augment"]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    assert train_ssl(_model(), tiny, epochs=2, output_dir=tmp_path, **KW).start_epoch == 1
+
+
 def test_encoder_export_and_knn_monitor(tiny, tiny_test, tmp_path):
     model = _model()
     res = train_ssl(model, tiny, epochs=2, output_dir=tmp_path, knn_every=1, knn_train=tiny, knn_test=tiny_test,

@@ -1,0 +1,49 @@
+"""The SSL-detection benchmark's verdict and table (no training: rows are built by hand from known cases)."""
+
+import pytest
+
+from sslguard.bench.detect import BenchConfig, learned_verdict, write_table
+from sslguard.config import ConfigError
+
+PURE = [{"cluster": 0, "size": 510, "poisoned": 490}, {"cluster": 1, "size": 900, "poisoned": 10}]
+MIXED = [{"cluster": 0, "size": 1100, "poisoned": 190}, {"cluster": 1, "size": 900, "poisoned": 310}]
+
+
+@pytest.mark.parametrize("rates, purity, expected", [
+    ({"triggered": 0.9, "random_patch": 0.1}, PURE, "**learned**"),
+    ({"triggered": 0.95, "random_patch": 0.9}, PURE, "any patch"),
+    ({"triggered": 0.3, "random_patch": 0.08}, MIXED, "partly learned"),
+    ({"triggered": 0.08, "random_patch": 0.05}, MIXED, "**not learned**"),
+    ({"triggered": 0.9, "random_patch": 0.1}, MIXED, "partly learned"),  # transfers, but no cluster to find
+    ({"triggered": 0.1, "random_patch": 0.1}, PURE, "poisons clustered"),
+])
+def test_verdict_needs_both_transfer_and_a_pure_cluster(rates, purity, expected):
+    assert expected in learned_verdict(rates, purity, 500)
+
+
+def test_verdict_names_the_best_cluster():
+    v = learned_verdict({"triggered": 0.9, "random_patch": 0.1}, PURE, 500)
+    assert "490 of the 500 poisons among 510 members" in v
+
+
+def _row(setting, detector):
+    return {"setting": setting, "n_images": 10000, "n_poisoned": 500, "detector": detector,
+            "learned": {"triggered": 0.08, "random_patch": 0.05, "clean": 0.04}, "cluster_purity": MIXED,
+            "precision": 0.1, "recall": 0.2, "f1": 0.13, "auroc": 0.5, "top10_precision": 0.0,
+            "top50_precision": 0.02, "top100_precision": 0.02, "toptrue_precision": 0.03, "seconds": 1.0,
+            "cpu_s": 1.0, "embed_s": 1.0, "cluster_s": 0.5, "tracemalloc_peak_mb": 1.0, "peak_rss_mb": 100.0}
+
+
+def test_table_has_a_row_per_detector_and_one_verdict_per_setting(tmp_path):
+    path = write_table([_row("htba12_50", "poisoncam"), _row("htba12_50", "patchsearch")], tmp_path / "t.md")
+    text = path.read_text()
+    assert text.count("| htba12_50 |") == 2
+    assert text.count("- htba12_50: **not learned**") == 1
+
+
+def test_bench_config_checks_training_knobs():
+    with pytest.raises(ConfigError, match="min_scale"):
+        BenchConfig(min_scale=1.5).validate()
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        BenchConfig(mixed_precision="fp8").validate()
+    BenchConfig(min_scale=0.2, mixed_precision="no").validate()
