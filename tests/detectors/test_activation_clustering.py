@@ -76,6 +76,42 @@ def test_auto_picks_the_tighter_cluster_when_the_split_is_even():
     assert info["0"]["cluster_sizes"] == [50, 50] and flagged_small[truth].sum() in (0, 50)
 
 
+def test_whitened_pca_gives_the_same_clusters_as_fastica():
+    # FastICA's sources are the whitened components times an orthogonal matrix: same distances,
+    # hence the same k-means split, silhouettes and flags, without the ICA iterations.
+    rng = np.random.default_rng(2)
+    X = np.abs(rng.normal(size=(600, 40)))
+    y = np.repeat(np.arange(3), 200)
+    X[:60, :5] += 3.0  # a planted group in class 0
+    fast = two_cluster_analysis(X, y, reduce="fastica", seed=0)
+    quick = two_cluster_analysis(X, y, reduce="ica", seed=0)
+    assert np.array_equal(fast[2], quick[2]) and np.array_equal(fast[1], quick[1])
+    np.testing.assert_allclose(fast[0], quick[0], atol=1e-6)
+    for c in ("0", "1", "2"):
+        assert np.isclose(fast[4][c]["silhouette"], quick[4][c]["silhouette"], atol=1e-6)
+
+
+def test_a_clean_reference_picks_the_poison_side_of_an_even_split():
+    rng = np.random.default_rng(3)
+    d = 16
+    X, y = [], []
+    for c in range(5):
+        x = rng.normal(size=(100, d))
+        if c == 0:  # half of class 0 is far away and as spread as the clean half: no size or tightness cue
+            x[:50, 0] += 10.0
+        X.append(x), y.append(np.full(100, c))
+    X, y = np.concatenate(X), np.concatenate(y)
+    truth = np.zeros(len(y), bool)
+    truth[:50] = True
+    ref = rng.normal(size=(50, d))  # trusted clean images, ten per class
+    ref_y = np.repeat(np.arange(5), 10)
+    _, flagged, _, _, info = two_cluster_analysis(X, y, reduce="pca", reference=ref, reference_labels=ref_y, seed=0)
+    assert np.array_equal(flagged, truth), info["0"]
+    assert info["0"]["reference_counts"] in ([10, 0], [0, 10])
+    with pytest.raises(ValueError, match="together"):
+        two_cluster_analysis(X, y, reference=ref)
+
+
 WORKER = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)

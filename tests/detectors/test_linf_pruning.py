@@ -1,6 +1,7 @@
 """l-infinity pruning (Xu et al. 2021) lowers the attack success rate of a backdoored model."""
 
 import numpy as np
+import pytest
 import torch
 
 from sslguard.bench.classifier import planted_digits_case
@@ -24,3 +25,15 @@ def test_pruning_lowers_asr_and_the_curve_matches_the_pruned_model():
     got = evaluate_classifier(p.model, case.test, case.attack)
     assert np.isclose(got["clean_acc"], p.clean_acc[p.chosen]) and np.isclose(got["asr"], p.asr[p.chosen])
     assert int((p.mask == 0).sum()) == p.n_pruned[p.chosen]
+
+
+def test_ranking_on_the_suspect_training_set_prunes_the_backdoor_first():
+    # the poisoned training set (labels unused) stands in for the paper's triggered images
+    case = planted_digits_case(rate=0.1, rate_of="dataset")
+    p = get_detector("linf_pruning")(case.model, case.test, suspect=case.train, attack=case.attack, max_acc_drop=0.03)
+    assert p.info["order"] == "suspect" and p.info["n_suspect"] == len(case.train)
+    assert np.all(np.diff(p.rank_key[p.ranking]) <= 0)  # descending tail ratio
+    assert p.asr[p.chosen] <= 0.2 * p.asr[0], (p.fractions, p.clean_acc, p.asr)
+    assert p.clean_acc[p.chosen] >= p.clean_acc[0] - 0.03
+    with pytest.raises(ValueError, match="suspect"):
+        get_detector("linf_pruning")(case.model, case.test, order="suspect")
