@@ -42,6 +42,30 @@ def _gather(index: np.ndarray, outs: Outputs, world: int) -> tuple[np.ndarray, O
     return index, outs
 
 
+class _Uint8Items(torch.utils.data.Dataset):
+    """``(uint8 CHW tensor, label, key)`` items read with ``load_array``.
+
+    Why not ``TransformDataset(dataset, ResizeUint8)``: that goes array -> PIL -> array for every item of
+    an in-memory dataset (CIFAR, digits, a poisoned view), which cost as much as the forward pass of a
+    small classifier; PIL is now used only when an image must be resized.
+    """
+
+    def __init__(self, dataset, size: int | None):
+        self.dataset, self.size, self.resize = dataset, size, ResizeUint8(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, pos):
+        pos = int(pos)
+        arr = self.dataset.load_array(pos)
+        label, key = int(self.dataset.labels[pos]), int(self.dataset.keys[pos])
+        if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8 and (
+                self.size is None or arr.shape[:2] == (self.size, self.size)):
+            return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), label, key
+        return self.resize(self.dataset.load_image(pos)), label, key
+
+
 @torch.no_grad()
 def extract(
     dataset,
@@ -67,7 +91,9 @@ def extract(
     rank, world, device = _dist_info(accelerator, device)
     n = len(dataset)
     shard = np.array_split(np.arange(n), world)[rank]
-    sub = torch.utils.data.Subset(TransformDataset(dataset, ResizeUint8(image_size)), shard.tolist())
+    items = (_Uint8Items(dataset, image_size) if hasattr(dataset, "load_array") and hasattr(dataset, "labels")
+             else TransformDataset(dataset, ResizeUint8(image_size)))
+    sub = torch.utils.data.Subset(items, shard.tolist())
     loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_uint8)
     keys: list[np.ndarray] = []

@@ -19,6 +19,18 @@ def test_extract_is_keyed_by_index_and_independent_of_batch_size():
     assert np.allclose(out_a["mean"], expect, atol=1e-4)
 
 
+def test_array_fast_path_gives_the_pil_path_pixels():
+    """Items read with load_array (no PIL round trip) equal the PIL path's, resized or not."""
+    from sslguard.data.transforms import ResizeUint8, TransformDataset
+
+    ds = load_digits_dataset("test").subset(np.arange(12))
+    for size in (None, 20):
+        keys, out = extract(ds, lambda x: x.reshape(len(x), -1).float(), batch_size=5, image_size=size, progress=False)
+        pil = TransformDataset(ds, ResizeUint8(size))
+        expect = np.stack([pil[i][0].reshape(-1).numpy() for i in range(len(ds))]).astype(np.float32)
+        assert np.array_equal(out["features"], expect)
+
+
 def test_embed_dataset_cache_is_reused_and_checked(tmp_path):
     ds = load_digits_dataset("test").subset(np.arange(40))
     torch.manual_seed(0)
