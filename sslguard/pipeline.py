@@ -617,7 +617,9 @@ class Pipeline:
 
     def stage_classifier_detectors(self, data: DataBundle, model) -> dict[str, Any]:
         """Classifier-stage detectors. Those that need trusted clean images (``benign``: critical-layer
-        analysis) get the held-out test split, which no attack touches; without one they are skipped."""
+        analysis) get the held-out test split, which no attack touches; without one they are skipped.
+        Those that can use them (``reference``: activation clustering, heatmap clustering and spectral
+        signatures, to decide which class and which cluster is poisoned) get the same split."""
         from sslguard.detectors import get_detector
 
         cfg = self.cfg
@@ -625,7 +627,7 @@ class Pipeline:
         available = {"model": model, "dataset": data.train, "batch_size": cfg.detectors.batch_size,
                      "image_size": cfg.data.image_size, "progress": False}
         if data.test is not None and data.test.has_labels:
-            available["benign"] = data.test
+            available["benign"] = available["reference"] = data.test
         for name in cfg.detectors.classifier:
             missing = missing_arguments(get_detector(name), {**available, "seed": cfg.seed},
                                         cfg.detectors.params.get(name, {}))

@@ -228,7 +228,8 @@ def run_scenario(name: str, train_clean: IndexedDataset, eval_set: IndexedDatase
     res["per_class"] = {"activation_clustering": r.info["per_class"]}
     r, t = _timed(ac, model, train, activations=X, reference=benign, reference_activations=R)
     add("activation_clustering[reference]", r, t + t_act + t_ref, f"defaults + the {len(benign)} trusted benign images "
-        "pick the poison cluster (the one holding fewer of them)", t)
+        "decide the class (binomial test: do they avoid one cluster?) and pick the poison cluster (the one "
+        "holding fewer of them); what the pipeline does when it has a labelled test split", t)
     res["per_class"]["activation_clustering[reference]"] = r.info["per_class"]
     r, t = _timed(ac, model, train, activations=X, reduce="fastica")
     add("activation_clustering[fastica]", r, t + t_act, "defaults with sklearn FastICA run in full (ART's settings): "
@@ -248,8 +249,8 @@ def run_scenario(name: str, train_clean: IndexedDataset, eval_set: IndexedDatase
     add("heatmap_clustering", r, t + t_h, "defaults: LRP EpsilonPlusFlat, 16x16, silhouette outlier, auto cluster choice", t)
     res["per_class"]["heatmap_clustering"] = r.info["per_class"]
     r, t = _timed(hc, model, train, heatmaps=H, reference=benign, reference_heatmaps=HR)
-    add("heatmap_clustering[reference]", r, t + t_h + t_hr, f"defaults + the {len(benign)} trusted benign images pick "
-        "the poison cluster", t)
+    add("heatmap_clustering[reference]", r, t + t_h + t_hr, f"defaults + the {len(benign)} trusted benign images "
+        "decide the class and pick the poison cluster, as for activation clustering", t)
     res["per_class"]["heatmap_clustering[reference]"] = r.info["per_class"]
     for dec, pc, note in (("outlier", "smaller", "silhouette outlier, smaller cluster"),
                           ("outlier", "silhouette", "silhouette outlier, tighter cluster"),

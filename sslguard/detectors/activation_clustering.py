@@ -10,7 +10,18 @@ because the model reaches the same label for two different reasons. A class is d
   ``size_threshold`` (35%) of the class;
 - ``decision="silhouette"`` (the paper's *silhouette score*): the two-cluster split fits well, i.e. the
   class's mean silhouette is at least ``silhouette_threshold`` (0.10, ART's default);
-- ``decision="outlier"`` (default; this package's addition): the class's silhouette stands out from
+- ``decision="reference"`` (this package's addition; chosen by ``decision="auto"``, the default, whenever
+  trusted clean ``reference`` images are given): a clean class's trusted images fall into its two
+  clusters in proportion to their sizes, while a poison cluster — images that reach the label for
+  another reason — holds few of them. The class is flagged when the one-sided binomial probability of
+  so few trusted images in the suspect cluster (its share of the class as the null rate, doubled
+  because the suspect cluster is the emptier of two) is below ``reference_alpha`` divided by the
+  number of classes analysed (Bonferroni). It needs no silhouette cut and works at any poison share,
+  including the 50/50 split where the size rule is a coin toss; a class without trusted images
+  falls back to ``"outlier"``. Limit: a cluster that clean held-out images avoid for another reason
+  (training images the model has memorised and test images it has not) also reads as poisoned, so
+  the reference should come from the training distribution;
+- ``decision="outlier"`` (the default without a reference; this package's addition): the class's silhouette stands out from
   the other classes' — at least ``outlier_z`` robust standard deviations (1.4826 * MAD) above their
   median. This silhouette is measured in the input feature space (the activations), with the
   clusters found in the reduced space: ICA whitens, so each of the 10 retained directions gets unit
@@ -61,6 +72,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
@@ -68,7 +80,7 @@ from sklearn.metrics import silhouette_samples
 
 from sslguard.detectors.base import DetectionResult, register_detector
 
-DECISIONS = ("outlier", "size", "silhouette")
+DECISIONS = ("auto", "reference", "outlier", "size", "silhouette")
 POISON_CLUSTERS = ("auto", "smaller", "silhouette")
 REDUCERS = ("ica", "fastica", "pca", "none")
 
@@ -97,13 +109,14 @@ def two_cluster_analysis(
     *,
     reduce: str = "ica",
     n_components: int = 10,
-    decision: str = "outlier",
+    decision: str = "auto",
     size_threshold: float = 0.35,
     silhouette_threshold: float = 0.10,
     outlier_z: float = 3.0,
     poison_cluster: str = "auto",
     reference: np.ndarray | None = None,
     reference_labels: np.ndarray | None = None,
+    reference_alpha: float = 0.05,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """The per-class reduce -> 2-means -> decide core shared with heatmap clustering.
@@ -117,6 +130,12 @@ def two_cluster_analysis(
         raise ValueError(f"reduce must be one of {REDUCERS}, got {reduce!r}")
     if decision not in DECISIONS:
         raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    if decision == "auto":
+        decision = "reference" if reference is not None else "outlier"
+    if decision == "reference" and reference is None:
+        raise ValueError('decision="reference" needs trusted clean reference rows')
+    if not 0.0 < reference_alpha < 1.0:
+        raise ValueError(f"reference_alpha must be in (0, 1), got {reference_alpha}")
     if poison_cluster not in POISON_CLUSTERS:
         raise ValueError(f"poison_cluster must be one of {POISON_CLUSTERS}, got {poison_cluster!r}")
     if not 0.0 < size_threshold < 1.0:
@@ -180,6 +199,10 @@ def two_cluster_analysis(
             "silhouette": float(sil.mean()), "feature_silhouette": float(sil_feat.mean()),
             "cluster_silhouette": sil_cluster.tolist(), "cluster_sizes": sizes.tolist(),
             "reference_counts": None if ref_counts is None else ref_counts.tolist(),
+            # P(this few trusted clean images in the suspect cluster | the class is clean), x2 for
+            # picking the emptier of the two clusters
+            "reference_p": None if ref_counts is None or ref_counts.sum() == 0 else
+            float(min(1.0, 2.0 * binom.cdf(ref_counts[p], ref_counts.sum(), sizes[p] / len(pos)))),
         }
     sils = np.array([per_class[str(c)]["feature_silhouette"] for c in fits])
     med = float(np.median(sils)) if len(sils) else 0.0
@@ -192,6 +215,8 @@ def two_cluster_analysis(
             is_poisoned = info["poison_cluster_share"] <= size_threshold
         elif decision == "silhouette":
             is_poisoned = info["silhouette"] >= silhouette_threshold
+        elif decision == "reference" and info["reference_p"] is not None:
+            is_poisoned = info["reference_p"] <= reference_alpha / max(1, len(fits))
         else:
             is_poisoned = info["silhouette_z"] >= outlier_z
         info["poisoned"] = bool(is_poisoned)
@@ -223,7 +248,7 @@ def activation_clustering(
     *,
     reduce: str = "ica",
     n_components: int = 10,
-    decision: str = "outlier",
+    decision: str = "auto",
     size_threshold: float = 0.35,
     silhouette_threshold: float = 0.10,
     outlier_z: float = 3.0,
@@ -231,6 +256,7 @@ def activation_clustering(
     activations: np.ndarray | None = None,
     reference=None,
     reference_activations: np.ndarray | None = None,
+    reference_alpha: float = 0.05,
     batch_size: int = 256,
     accelerator=None,
     image_size: int | None = None,
@@ -241,7 +267,8 @@ def activation_clustering(
 
     ``activations`` (``(N, D)`` in dataset order) skips the forward pass. ``reference``: a small labelled
     set of trusted clean images (``reference_activations`` skips its forward pass) that picks the poison
-    cluster under ``poison_cluster="auto"``. See the module docstring for the decision rules, the score
+    cluster under ``poison_cluster="auto"`` and decides the class under ``decision="auto"`` (the
+    binomial test of the module docstring, at ``reference_alpha``). See the module docstring for the decision rules, the score
     and the limits. Every process of an accelerate run gets the same result.
     """
     t0 = time.perf_counter()
@@ -265,9 +292,9 @@ def activation_clustering(
         activations, dataset.labels, reduce=reduce, n_components=n_components, decision=decision,
         size_threshold=size_threshold, silhouette_threshold=silhouette_threshold, outlier_z=outlier_z,
         poison_cluster=poison_cluster, reference=reference_activations if reference is not None else None,
-        reference_labels=ref_labels, seed=seed)
+        reference_labels=ref_labels, reference_alpha=reference_alpha, seed=seed)
     info = {"per_class": per_class, "reduce": reduce, "n_components": n_components, "decision": decision,
-            "poison_cluster": poison_cluster, "size_threshold": size_threshold,
+            "poison_cluster": poison_cluster, "size_threshold": size_threshold, "reference_alpha": reference_alpha,
             "silhouette_threshold": silhouette_threshold, "outlier_z": outlier_z,
             "flagged_classes": [int(k) for k, v in per_class.items() if v.get("poisoned")],
             "seconds_features": t1 - t0, "seconds_analysis": time.perf_counter() - t1}

@@ -112,6 +112,40 @@ def test_a_clean_reference_picks_the_poison_side_of_an_even_split():
         two_cluster_analysis(X, y, reference=ref)
 
 
+
+def test_reference_decides_the_class_where_the_silhouette_misleads():
+    """Class 1 has two natural, well-separated styles (a silhouette outlier, yet clean); class 0 hides a
+    17% poison group. The trusted images land in both of class 1's clusters but avoid class 0's poison
+    cluster: the binomial test flags class 0 alone, where the silhouette rule also flags class 1."""
+    rng = np.random.default_rng(4)
+    d, n = 12, 180
+    X, y = [], []
+    for c in range(6):
+        x = rng.normal(size=(n, d))
+        if c == 1:
+            x[:60, 0] += 12.0  # a second writing style: a third of the class, far away
+        if c == 0:
+            x[:30, 1] += 8.0  # poisons: a sixth of the class, their own cluster
+        X.append(x), y.append(np.full(n, c))
+    X, y = np.concatenate(X), np.concatenate(y)
+    truth = np.zeros(len(y), bool)
+    truth[:30] = True
+    ref, ref_y = [], []
+    for c in range(6):
+        r = rng.normal(size=(40, d))
+        if c == 1:
+            r[:13, 0] += 12.0  # trusted images of class 1 come in both styles
+        ref.append(r), ref_y.append(np.full(40, c))
+    ref, ref_y = np.concatenate(ref), np.concatenate(ref_y)
+    _, flagged_sil, _, _, info_sil = two_cluster_analysis(X, y, reduce="none", seed=0)
+    assert info_sil["1"]["poisoned"]  # the silhouette rule is misled by the clean two-style class
+    _, flagged, _, _, info = two_cluster_analysis(X, y, reduce="none", reference=ref, reference_labels=ref_y, seed=0)
+    assert [c for c, v in info.items() if v["poisoned"]] == ["0"], {c: v["reference_p"] for c, v in info.items()}
+    assert flagged[truth].mean() > 0.8 and flagged[~truth].mean() < 0.01
+    with pytest.raises(ValueError, match="reference"):
+        two_cluster_analysis(X, y, decision="reference")
+
+
 WORKER = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
@@ -135,6 +169,8 @@ if acc.is_main_process:
     np.savez(out + "/two.npz", ac_scores=ac.scores, ac_flagged=ac.flagged, ac_index=ac.index,
              sp_scores=sp.scores, sp_flagged=sp.flagged)
 acc.wait_for_everyone()
+from sslguard.cli import close_process_group
+close_process_group()
 """
 
 
