@@ -36,3 +36,18 @@ def run_guarded(fn: Callable[[], int]) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}  (set SSLGUARD_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_DATA
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Tear down a torch.distributed group this process joined (``accelerate launch``/torchrun).
+
+    Left alive to interpreter exit, gloo's threads can abort a rank ("terminate called without an
+    active exception", exit -6) after all its work is done, which fails the whole launch."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -36,5 +36,6 @@ def run_script_distributed(script: Path, args: list[str] | None = None, nproc: i
 def run_distributed(code: str, tmp_path: Path, nproc: int = 2, args: list[str] | None = None, timeout: int = 180):
     """Write ``code`` to a script in ``tmp_path`` and run it with :func:`run_script_distributed`."""
     script = tmp_path / "dist_script.py"
-    script.write_text(textwrap.dedent(code))
+    # the snippet's process group is closed at its end, as the scripts do (sslguard.cli.close_process_group)
+    script.write_text(textwrap.dedent(code) + "\nfrom sslguard.cli import close_process_group\nclose_process_group()\n")
     return run_script_distributed(script, args, nproc, timeout)

@@ -57,4 +57,7 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    from sslguard.cli import close_process_group
+
     main(sys.argv[1])
+    close_process_group()
