@@ -4,23 +4,26 @@ For each attack setting: poison a CIFAR-10 training subset, get an SSL encoder (
 :func:`sslguard.train.ssl.train_ssl`, or loaded from ``encoder.safetensors``), check whether the
 encoder learned the backdoor (kNN target rate of triggered vs random-patch test images), run both
 detectors on the same embeddings and clusters, and write precision / recall / F1 / AUROC / top-k
-precision and runtime into a markdown table. :func:`scale_run` times detection (training excluded)
-and its peak memory over the whole 50k training set.
+precision and runtime into a markdown table. With ``scale``, detection (training excluded) is also
+timed, with its peak memory, over the whole 50k training set.
 
 Settings (target class 0 unless changed; rates are fractions of the target class):
 
-- ``htba12_50``: 12x12 HTBA patch on 50% of the class, the CPU setting a 4-layer ConvNet learns;
+- ``htba12_50``: 12x12 HTBA patch on 50% of the class, the setting in which a 4-layer ConvNet was once
+  seen to learn the trigger on a CPU (not reproduced by the recipes in ``benchmarks/detect.md``);
 - ``htba_50`` / ``htba_10``: HTBA at its default size (0.25 of the side = 8 px) on 50% (Saha et al.
   and PatchSearch) and 10% of the class;
 - ``blend_50``, ``ctrl_50``: global triggers (alpha-blended noise; CTRL's frequency trigger).
 
-Measured on 2026-11-21 (2 shared CPU cores, one torch thread): a SimCLR convnet4 trained 39 epochs
-(batch 256, SGD, 70 min wall under contention) on the htba12_50 corpus learned the trigger only in
-part (kNN target rate of non-target test images: triggered 0.30, random 12 px patch 0.08, clean 0.05)
-and formed no trigger cluster (at best 192 poisons among 1,129 members at k=10; 52 of 66 at k=200).
-Neither detector can find what the embedding does not separate: PoisonCAM confirmed no cluster
-(AUROC 0.45), PatchSearch's search ended on a clean cluster (AUROC 0.50). On the planted case, where
-the trigger does form a cluster, both reach AUROC 1.0 (tests/detectors).
+Training (the CPU defaults of ``configs/cifar10_detect*.yaml``): SimCLR, convnet4 at width 16 (the
+net bounds CPU training and width 16 trains 2.7x faster than 32 on an AVX2-only CPU), 39 epochs of
+batch 256, SGD, fp32 + channels_last, crop scale (0.2, 1) as in the MoCo v2 recipe Saha et al. and
+PatchSearch pretrain with; ``augment="lightly"`` switches to lightly's stronger ``SimCLRTransform``
+defaults. Every table states, per setting, whether the encoder learned the backdoor
+(:func:`learned_verdict`): a cluster-based detector cannot find what the encoder never learned, so
+detection numbers on an encoder that did not learn it measure nothing but chance. The results and
+what they show are in ``benchmarks/detect.md``; on the planted case, where the trigger does form a
+cluster, both detectors reach AUROC 1.0 (tests/detectors).
 
 The CIFAR-10 copy is JPEG (see ``shared/data/README.md``): numbers here are for this copy, not CIFAR-10
 results to quote against the papers.
