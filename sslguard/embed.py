@@ -62,7 +62,10 @@ class _Uint8Items(torch.utils.data.Dataset):
         label, key = int(self.dataset.labels[pos]), int(self.dataset.keys[pos])
         if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8 and (
                 self.size is None or arr.shape[:2] == (self.size, self.size)):
-            return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1), label, key
+            arr = np.ascontiguousarray(arr)
+            if not arr.flags.writeable:  # cached or memory-mapped arrays: torch wants to own writable memory
+                arr = arr.copy()
+            return torch.from_numpy(arr).permute(2, 0, 1), label, key
         return self.resize(self.dataset.load_image(pos)), label, key
 
 

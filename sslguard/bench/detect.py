@@ -75,8 +75,10 @@ def poisoned_cifar10(setting: str, *, n_per_class: int | None = 1000, target: in
 def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "convnet4", width: int = 32,
                   epochs: int = 39, schedule_epochs: int | None = None, batch_size: int = 256, seed: int = 0,
                   min_scale: float | None = None, augment: str = "cifar", mixed_precision: str = "no",
-                  channels_last: bool = False, progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """SimCLR encoder on ``dataset`` (resumes from ``output_dir`` when a matching checkpoint is there).
+                  channels_last: bool = False, method: str = "simclr", progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """SimCLR (or, with ``method="byol"``, BYOL) encoder on ``dataset`` (resumes from ``output_dir`` when a
+    matching checkpoint is there). BYOL has no negatives, so nothing pushes apart images that share a
+    trigger; Saha et al. attack both kinds.
 
     ``min_scale`` is the smallest random-resized-crop area (default SimCLR's 0.08; Saha et al. and
     PatchSearch pretrain with MoCo v2's 0.2, under which a pasted patch survives in more views).
@@ -88,10 +90,12 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
     from sslguard.train.augment import ssl_augmentations
     from sslguard.train.ssl import train_ssl
 
+    if method not in ("simclr", "byol"):
+        raise ValueError(f"method must be 'simclr' or 'byol', got {method!r}")
     torch.manual_seed(seed)
-    model = build_ssl_model("simclr", make_backbone(backbone, width=width))
+    model = build_ssl_model(method, make_backbone(backbone, width=width))
     if augment == "cifar":
-        views = ssl_augmentations("simclr", 32, min_scale=min_scale)
+        views = ssl_augmentations(method, 32, min_scale=min_scale)
     elif augment == "lightly":
         # lightly.transforms.SimCLRTransform's defaults at input_size=32: jitter strength 1.0, blur p=0.5
         from sslguard.train.augment import BatchAugment
@@ -108,7 +112,7 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
                     progress=progress)
     info = {"epochs": epochs, "schedule_epochs": schedule_epochs or epochs, "batch_size": batch_size,
             "backbone": backbone, "width": width, "min_scale": 0.08 if min_scale is None else min_scale,
-            "augment": augment,
+            "augment": augment, "method": method,
             "mixed_precision": mixed_precision, "channels_last": channels_last,
             "train_seconds_this_call": time.perf_counter() - t0,
             "final_loss": res.losses[-1] if res.losses else None, "encoder_path": str(res.encoder_path)}
@@ -286,6 +290,7 @@ class BenchConfig:
     width: int = 32
     min_scale: Optional[float] = None  # random-resized-crop minimum area; None = SimCLR's 0.08
     augment: str = "cifar"  # "cifar" (SimCLR's CIFAR recipe) or "lightly" (lightly SimCLRTransform defaults)
+    method: str = "simclr"  # or "byol"
     mixed_precision: str = "no"  # "bf16" is about 2x on a recent CPU
     channels_last: bool = False
     k: int = 10
@@ -320,6 +325,8 @@ class BenchConfig:
             raise ConfigError(f"k: must be >= 2, got {self.k}")
         if self.min_scale is not None and not 0.0 < self.min_scale <= 1.0:
             raise ConfigError(f"min_scale: must be in (0, 1], got {self.min_scale}")
+        if self.method not in ("simclr", "byol"):
+            raise ConfigError(f"method: 'simclr' or 'byol', got {self.method!r}")
         if self.augment not in ("cifar", "lightly"):
             raise ConfigError(f"augment: 'cifar' or 'lightly', got {self.augment!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -344,6 +351,7 @@ def run_detect_benchmark(cfg: BenchConfig) -> Path:
                                           width=cfg.width, epochs=cfg.train_epochs,
                                           schedule_epochs=cfg.schedule_epochs, seed=cfg.seed,
                                           batch_size=cfg.batch_size, min_scale=cfg.min_scale, augment=cfg.augment,
+                                          method=cfg.method,
                                           mixed_precision=cfg.mixed_precision, channels_last=cfg.channels_last)
         backbone.eval()
         learned = backdoor_learned(backbone, dataset, manifest_attack(setting, cfg), target=cfg.target,

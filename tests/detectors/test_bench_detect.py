@@ -46,4 +46,8 @@ def test_bench_config_checks_training_knobs():
         BenchConfig(min_scale=1.5).validate()
     with pytest.raises(ConfigError, match="mixed_precision"):
         BenchConfig(mixed_precision="fp8").validate()
-    BenchConfig(min_scale=0.2, mixed_precision="no").validate()
+    with pytest.raises(ConfigError, match="method"):
+        BenchConfig(method="moco").validate()
+    with pytest.raises(ConfigError, match="augment"):
+        BenchConfig(augment="strong").validate()
+    BenchConfig(min_scale=0.2, mixed_precision="no", method="byol", augment="lightly").validate()
