@@ -36,6 +36,11 @@ the k=10 clusters had 489 members, 482 of them poisons (an earlier measurement i
 ``n_probe=32``/``n_null=256``: the medians and MADs they give are stable to a few per cent, and the
 exhaustive search on them costs 36 masked forward passes per probe (about 20k for k=10).
 
+Measured on a BYOL encoder that learned a 12x12 CIFAR-10 trigger (``benchmarks/detect.md``): the
+trigger cluster is confirmed and the ranking is good (AUROC 0.98), but the masking drop of many poisons
+stays under the threshold (recall about 0.56, F1 0.65), where PatchSearch's final poison classifier
+flags nearly all of them; a classifier stage on PoisonCAM's candidates is the obvious next step.
+
 Limits: the detector finds what the encoder learned. If the encoder did not tie the trigger to a
 cluster (a small trigger, short training, a weak encoder), masking it changes nothing and the scores
 are at chance (a 4-layer ConvNet trained 10 min on 10k CIFAR images did not learn an 8x8 trigger).
