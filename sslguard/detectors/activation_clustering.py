@@ -78,7 +78,7 @@ from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_samples
 
-from sslguard.detectors.base import DetectionResult, register_detector
+from sslguard.detectors.base import DetectionResult, register_detector, robust_z
 
 DECISIONS = ("auto", "reference", "outlier", "size", "silhouette")
 POISON_CLUSTERS = ("auto", "smaller", "silhouette")
@@ -204,13 +204,10 @@ def two_cluster_analysis(
             "reference_p": None if ref_counts is None or ref_counts.sum() == 0 else
             float(min(1.0, 2.0 * binom.cdf(ref_counts[p], ref_counts.sum(), sizes[p] / len(pos)))),
         }
-    sils = np.array([per_class[str(c)]["feature_silhouette"] for c in fits])
-    med = float(np.median(sils)) if len(sils) else 0.0
-    # 1.4826 * MAD estimates the standard deviation of normally distributed values robustly.
-    spread = float(1.4826 * np.median(np.abs(sils - med))) + 1e-3 if len(sils) else 1.0
-    for c, (pos, in_poison, p) in fits.items():
+    sil_z = robust_z([per_class[str(c)]["feature_silhouette"] for c in fits], floor=1e-3)
+    for (c, (pos, in_poison, p)), z_c in zip(fits.items(), sil_z):
         info = per_class[str(c)]
-        info["silhouette_z"] = (info["feature_silhouette"] - med) / spread
+        info["silhouette_z"] = float(z_c)
         if decision == "size":
             is_poisoned = info["poison_cluster_share"] <= size_threshold
         elif decision == "silhouette":

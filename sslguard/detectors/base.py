@@ -22,6 +22,17 @@ from sslguard.utils.io import atomic_write_json, atomic_write_text
 DETECTORS: dict[str, Callable[..., Any]] = {}
 
 
+def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
+    """``(values - median) / (1.4826 * MAD + floor)``: how many robust standard deviations each value
+    lies above the others' median (1.4826 * MAD estimates a normal standard deviation; ``floor`` keeps
+    identical values from dividing by zero). The class-level outlier test of several detectors."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return v
+    med = float(np.median(v))
+    return (v - med) / (float(1.4826 * np.median(np.abs(v - med))) + floor)
+
+
 def register_detector(name: str):
     """Register a detector class or function under ``name`` (``@register_detector("poisoncam")``)."""
 

@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from sslguard.detectors.base import DetectionResult, register_detector
+from sslguard.detectors.base import DetectionResult, register_detector, robust_z
 
 CLASS_TESTS = ("outlier", "none")
 
@@ -115,14 +115,11 @@ def spectral_scores(features: np.ndarray, labels: np.ndarray, expected_rate: flo
         else "top_variance_share"
     vals = np.array([per_class[k][stat] for k in analysed])
     if class_test == "outlier" and len(vals) >= 3:
-        med = float(np.median(vals))
-        # 1.4826 * MAD estimates a normal standard deviation robustly; the floor keeps identical
-        # values from dividing by zero.
-        spread = float(1.4826 * np.median(np.abs(vals - med))) + 1e-6
-        filtered = {k: (per_class[k][stat] - med) / spread >= outlier_z for k in analysed}
-        for k in analysed:
+        z = robust_z(vals, floor=1e-6)
+        filtered = {k: z_k >= outlier_z for k, z_k in zip(analysed, z)}
+        for k, z_k in zip(analysed, z):
             per_class[k]["class_statistic"] = stat
-            per_class[k]["class_z"] = float((per_class[k][stat] - med) / spread)
+            per_class[k]["class_z"] = float(z_k)
     else:  # the paper's rule (also the only option with fewer than three classes to compare)
         filtered = {k: True for k in analysed}
     is_filtered = np.zeros(n, dtype=bool)
