@@ -11,6 +11,7 @@ Settings (target class 0 unless changed; rates are fractions of the target class
 
 - ``htba12_50``: 12x12 HTBA patch on 50% of the class, the setting in which a 4-layer ConvNet learns
   the trigger on a CPU (with BYOL; SimCLR did not, see ``benchmarks/detect.md``);
+- ``htba12_10``: the same trigger on 10% of the class (the harder rate of the papers);
 - ``htba_50`` / ``htba_10``: HTBA at its default size (0.25 of the side = 8 px) on 50% (Saha et al.
   and PatchSearch) and 10% of the class;
 - ``blend_50``, ``ctrl_50``: global triggers (alpha-blended noise; CTRL's frequency trigger).
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "htba12_50": {"attack": "htba", "rate": 0.5, "params": {"trigger_size": 12}},
+    "htba12_10": {"attack": "htba", "rate": 0.1, "params": {"trigger_size": 12}},
     "htba_50": {"attack": "htba", "rate": 0.5, "params": {}},
     "htba_10": {"attack": "htba", "rate": 0.1, "params": {}},
     "blend_50": {"attack": "blend", "rate": 0.5, "params": {}},
@@ -296,7 +298,8 @@ class BenchConfig:
     mixed_precision: str = "no"  # "bf16" is about 2x on a recent CPU
     channels_last: bool = False
     k: int = 10
-    seed: int = 0
+    seed: int = 0  # poisoning, training, and (unless detector_seeds) k-means + detectors
+    detector_seeds: Optional[list[int]] = None  # k-means + detector seeds to repeat detection with (same encoder)
     batch_size: int = 256
     scale: bool = False  # also time detection on all 50k training images
     detectors: list[str] = field(default_factory=lambda: ["poisoncam", "patchsearch"])
@@ -335,6 +338,9 @@ class BenchConfig:
             raise ConfigError(f"mixed_precision: one of no, bf16, fp16; got {self.mixed_precision!r}")
         if self.train_epochs < 1:
             raise ConfigError(f"train_epochs: must be >= 1, got {self.train_epochs}")
+        if self.detector_seeds is not None and (not self.detector_seeds
+                                                or len(set(self.detector_seeds)) != len(self.detector_seeds)):
+            raise ConfigError(f"detector_seeds: a non-empty list of distinct seeds, got {self.detector_seeds}")
 
 
 def run_detect_benchmark(cfg: BenchConfig) -> Path:
@@ -358,9 +364,14 @@ def run_detect_benchmark(cfg: BenchConfig) -> Path:
         backbone.eval()
         learned = backdoor_learned(backbone, dataset, manifest_attack(setting, cfg), target=cfg.target,
                                    root=cfg.data_root, seed=cfg.seed)
-        for r in evaluate_detectors(backbone, dataset, manifest, k=cfg.k, seed=cfg.seed, batch_size=cfg.batch_size,
-                                    detectors=cfg.detectors, detector_kwargs=cfg.detector_params, out_dir=sdir):
-            rows.append({"setting": setting, "n_images": len(dataset), "encoder": enc, "learned": learned, **r})
+        seeds = cfg.detector_seeds or [cfg.seed]
+        for ds_seed in seeds:
+            rdir = sdir / f"seed{ds_seed}" if len(seeds) > 1 else sdir
+            rdir.mkdir(parents=True, exist_ok=True)
+            for r in evaluate_detectors(backbone, dataset, manifest, k=cfg.k, seed=ds_seed, batch_size=cfg.batch_size,
+                                        detectors=cfg.detectors, detector_kwargs=cfg.detector_params, out_dir=rdir):
+                rows.append({"setting": setting, "n_images": len(dataset), "encoder": enc, "learned": learned,
+                             "detector_seed": ds_seed, **r})
         if cfg.scale:
             full, full_manifest = poisoned_cifar10(setting, n_per_class=None, target=cfg.target, seed=cfg.seed,
                                                    root=cfg.data_root)
@@ -368,7 +379,7 @@ def run_detect_benchmark(cfg: BenchConfig) -> Path:
                                         batch_size=cfg.batch_size, detectors=cfg.detectors,
                                         detector_kwargs=cfg.detector_params, out_dir=sdir / "scale50k"):
                 rows.append({"setting": f"{setting} (50k)", "n_images": len(full), "encoder": enc, "learned": learned,
-                             **r})
+                             "detector_seed": cfg.seed, **r})
         write_table(rows, out / "detect_results.md")
     atomic_write_json(out / "detect_results.json", rows)
     return write_table(rows, out / "detect_results.md")
@@ -422,7 +433,7 @@ def learned_verdict(learned: dict[str, Any] | None, purity: Sequence[dict[str, i
 
 def write_table(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Markdown table of the benchmark rows (one per setting x detector), then a verdict per setting."""
-    head = ("| setting | n | poisons | detector | learned: trig / rand-patch / clean | precision | recall | F1 | AUROC "
+    head = ("| setting | n | poisons | detector | seed | learned: trig / rand-patch / clean | precision | recall | F1 | AUROC "
             "| top10 | top50 | top100 | top@poisons | detect wall s | detect CPU s | embed+cluster s | tracemalloc peak MiB "
             "| peak RSS MiB |")
     lines = ["# SSL-stage detection benchmark (CIFAR-10 JPEG copy)", "",
@@ -432,7 +443,8 @@ def write_table(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
         ln = r.get("learned") or {}
         learned = f"{_f(ln.get('triggered'), 2)} / {_f(ln.get('random_patch'), 2)} / {_f(ln.get('clean'), 2)}"
         lines.append("| " + " | ".join([
-            r["setting"], str(r["n_images"]), str(r["n_poisoned"]), r["detector"], learned,
+            r["setting"], str(r["n_images"]), str(r["n_poisoned"]), r["detector"], str(r.get("detector_seed", "-")),
+            learned,
             _f(r["precision"]), _f(r["recall"]), _f(r["f1"]), _f(r["auroc"]), _f(r["top10_precision"], 2),
             _f(r["top50_precision"], 2), _f(r["top100_precision"], 2), _f(r["toptrue_precision"]),
             _f(r["seconds"], 1), _f(r.get("cpu_s"), 1), _f(r["embed_s"] + r["cluster_s"], 1), _f(r["tracemalloc_peak_mb"], 0),

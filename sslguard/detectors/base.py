@@ -33,6 +33,25 @@ def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
     return (v - med) / (float(1.4826 * np.median(np.abs(v - med))) + floor)
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's (1979) threshold of a 1-D sample: the histogram cut that maximises the between-group
+    variance, i.e. the valley of a bimodal score distribution. Written here because scikit-image, which
+    has it, is not a dependency. On a unimodal sample it still returns a cut (near the middle), so callers
+    pair it with a null-sample bound."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v) or v.min() == v.max():
+        return float(v.max()) if len(v) else float("nan")
+    hist, edges = np.histogram(v, bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    return float(edges[1:][np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
 def register_detector(name: str):
     """Register a detector class or function under ``name`` (``@register_detector("poisoncam")``)."""
 

@@ -12,11 +12,12 @@ CVPR 2023 (our own code, following the paper's algorithm):
 3. *Iterative search*: scoring every image is costly, so each round scores ``samples_per_round``
    random unscored images of every remaining cluster and drops the ``prune_fraction`` of clusters
    whose best score is lowest; when one cluster remains, up to ``final_samples`` of its members are scored.
-4. A *poison classifier* (a small CNN on pixels, as the paper trains a ResNet-18) learns to tell
-   clean images from clean images carrying one of the ``n_top_windows`` top-scored windows (pasted at
-   random places; clean images carrying random windows are negatives too, so "any pasted square" is
-   not the rule it learns). It scores the whole corpus; flagged = classifier probability > 0.5 (its
-   own decision boundary, learned from the data).
+4. A *poison classifier* (:mod:`sslguard.poison_classifier`, shared with PoisonCAM; a small CNN on
+   pixels, as the paper trains a ResNet-18) learns to tell clean images from clean images carrying
+   one of the ``n_top_windows`` top-scored windows (pasted at random places; clean images carrying
+   random windows are negatives too, so "any pasted square" is not the rule it learns). It scores the
+   whole corpus; flagged = classifier probability > 0.5 (its own decision boundary, as in the paper;
+   PoisonCAM cuts at the valley of the logits instead, see its docstring).
 
 Limits: PatchSearch assumes a *patch* trigger. Blend, CTRL and WaNet triggers are global: no window
 carries them, so the search finds no flipping window and the classifier learns nothing useful. A
@@ -34,104 +35,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sslguard.cam import cluster_cam, window_size
 from sslguard.cluster import ClusterResult
-from sslguard.data.transforms import to_float
 from sslguard.detectors.base import DetectionResult, register_detector
 from sslguard.detectors.poisoncam import _Corpus, prepare_embeddings_and_clusters
+from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, random_positions, \
+    train_poison_classifier
 
 log = logging.getLogger(__name__)
-
-
-def paste_many(targets_uint8: torch.Tensor, patches: list[torch.Tensor], at: np.ndarray) -> torch.Tensor:
-    """Paste ``patches[j]`` (3, h, w) onto ``targets[j]`` at ``at[j]`` (x, y); returns a copy."""
-    out = targets_uint8.clone()
-    for j, p in enumerate(patches):
-        x, y = int(at[j][0]), int(at[j][1])
-        out[j, :, y:y + p.shape[1], x:x + p.shape[2]] = p
-    return out
-
-
-def random_positions(rng: np.random.Generator, n: int, side: int, win: int) -> np.ndarray:
-    return np.stack([rng.integers(0, side - win + 1, n), rng.integers(0, side - win + 1, n)], 1)
-
-
-def _places(rng: np.random.Generator, patches: list[torch.Tensor], side: int) -> np.ndarray:
-    """A random top-left corner (x, y) for each patch such that it fits a ``side`` x ``side`` image."""
-    return np.asarray([[rng.integers(0, side - p.shape[2] + 1), rng.integers(0, side - p.shape[1] + 1)]
-                       for p in patches], dtype=np.int64).reshape(-1, 2)
-
-
-class PoisonClassifier(torch.nn.Module):
-    """Small CNN (the repository's convnet4 at width 16 + a linear layer) for the final filter: the paper
-    trains a ResNet-18, which would take longer than the whole search on a CPU."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        from sslguard.models.backbones import create_backbone
-
-        self.body = create_backbone("convnet4", width=width)
-        self.head = torch.nn.Linear(self.body.feature_dim, 1)
-
-    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(to_float(images_uint8)))[:, 0]
-
-
-def train_poison_classifier(
-    corpus: _Corpus,
-    clean_pos: np.ndarray,
-    patches: list[torch.Tensor],
-    *,
-    rng: np.random.Generator,
-    epochs: int = 4,
-    batch_size: int = 128,
-    seed: int = 0,
-) -> PoisonClassifier:
-    """Train :class:`PoisonClassifier`: positives = clean images + a random patch of ``patches`` at a
-    random place; negatives = the clean images as they are, and with a random window of another clean
-    image pasted (a shortcut guard: without them a net may learn "any pasted square").
-    """
-    torch.manual_seed(seed)
-    clf = PoisonClassifier().to(corpus.device)
-    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
-    imgs = corpus.images(clean_pos)
-    side = imgs.shape[-1]
-    n = len(imgs)
-    for _ in range(epochs):
-        perm = rng.permutation(n)
-        for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
-            base = imgs[idx]
-            m = len(idx)
-            pick = rng.integers(0, len(patches), m)
-            pp = [patches[i] for i in pick]
-            pos = paste_many(base, pp, _places(rng, pp, side))
-            donors = imgs[rng.integers(0, n, m)]
-            rand_patches = []
-            for j, (x, y) in enumerate(_places(rng, pp, side)):
-                h, w = pp[j].shape[1], pp[j].shape[2]
-                rand_patches.append(donors[j, :, y:y + h, x:x + w])
-            neg_paste = paste_many(base, rand_patches, _places(rng, pp, side))
-            x = torch.cat([pos, base, neg_paste])
-            y = torch.cat([torch.ones(m), torch.zeros(2 * m)]).to(x.device)
-            w = torch.cat([torch.full((m,), 2.0), torch.ones(2 * m)]).to(x.device)  # balance the two classes
-            clf.train()
-            loss = F.binary_cross_entropy_with_logits(clf(x), y, weight=w)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return clf.eval()
-
-
-@torch.no_grad()
-def classifier_logits(clf: PoisonClassifier, corpus: _Corpus, positions: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(positions), np.float64)
-    for s in range(0, len(positions), corpus.batch_size):
-        pos = positions[s:s + corpus.batch_size]
-        out[s:s + len(pos)] = clf(corpus.images(pos)).double().cpu().numpy()
-    return out
 
 
 @register_detector("patchsearch")
@@ -250,11 +162,7 @@ def patchsearch(
         t = time.perf_counter()
         scored = np.flatnonzero(poison_score >= 0)
         top = scored[np.argsort(-poison_score[scored], kind="stable")[:n_top_windows]]
-        src = corpus.images(top)
-        patches = []
-        for i, p in enumerate(top):
-            x, y, w, h = (int(v) for v in boxes[p])
-            patches.append(src[i, :, y:y + h, x:x + w].clone())
+        patches = crop_windows(corpus.images(top), boxes[top])
         # clean pool: clusters in the order they were dropped (least suspicious first)
         clean_pool = np.concatenate([clusters.members(c) for c in pruned_order]) if pruned_order else np.arange(n)
         clean_pos = np.sort(rng.choice(clean_pool, size=min(classifier_images, len(clean_pool)), replace=False))

@@ -49,3 +49,14 @@ def test_registry_rejects_duplicates():
     register_detector("_test_only")(lambda: None)
     with pytest.raises(ValueError, match="twice"):
         register_detector("_test_only")(lambda: None)
+
+
+def test_otsu_threshold_cuts_in_the_valley_of_a_bimodal_sample():
+    from sslguard.detectors.base import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(-5, 1, 5000), rng.normal(4, 1, 250), [np.nan, -np.inf]])
+    t = otsu_threshold(v)
+    assert -2.5 < t < 1.5
+    assert otsu_threshold(np.full(7, 2.0)) == 2.0
+    assert np.isnan(otsu_threshold(np.array([])))

@@ -51,3 +51,24 @@ def test_bench_config_checks_training_knobs():
     with pytest.raises(ConfigError, match="augment"):
         BenchConfig(augment="strong").validate()
     BenchConfig(min_scale=0.2, mixed_precision="no", method="byol", augment="lightly").validate()
+
+
+def test_detector_seeds_repeat_detection_on_one_encoder(cifar10_root, tmp_path):
+    """A tiny real run: one encoder (1 epoch), two k-means/detector seeds, one row per seed and detector."""
+    import json
+
+    from sslguard.bench.detect import run_detect_benchmark
+
+    cfg = BenchConfig(settings=["htba12_50"], out_dir=str(tmp_path), n_per_class=30, train_epochs=1, width=8,
+                      batch_size=64, detector_seeds=[0, 3], detectors=["poisoncam"], data_root=str(cifar10_root),
+                      detector_params={"poisoncam": {"n_probe": 4, "n_null": 16, "classifier_images": 50,
+                                                     "classifier_epochs": 1}})
+    cfg.validate()
+    table = run_detect_benchmark(cfg).read_text()
+    rows = json.loads((tmp_path / "detect_results.json").read_text())
+    assert [(r["detector"], r["detector_seed"]) for r in rows] == [("poisoncam", 0), ("poisoncam", 3)]
+    assert rows[0]["info"]["params"]["seed"] == 0 and rows[1]["info"]["params"]["seed"] == 3
+    assert (tmp_path / "htba12_50" / "seed3" / "poisoncam_scores.csv").exists()
+    assert "| poisoncam | 3 |" in table
+    with pytest.raises(ConfigError, match="detector_seeds"):
+        BenchConfig(detector_seeds=[1, 1]).validate()

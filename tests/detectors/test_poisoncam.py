@@ -18,9 +18,9 @@ def case():
 def test_poisoncam_ranks_planted_poisons_first(case):
     c, emb, clusters = case
     res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
-                                    n_probe=8, n_null=48, seed=0)
+                                    n_probe=8, n_null=48, classifier_images=300, classifier_epochs=3, seed=0)
     m = detection_metrics(res.scores, res.flagged, c.truth)
-    assert res.info["mode"] == "confirmed_cluster"
+    assert res.info["mode"] == "confirmed_cluster" and res.info["final_stage"] == "classifier"
     assert m["auroc"] > 0.95, m
     assert m["toptrue_precision"] > 0.9, m
     assert m["f1"] > 0.8, m
@@ -35,13 +35,28 @@ def test_poisoncam_ranks_planted_poisons_first(case):
     assert np.mean(hits) > 0.9
     # the threshold came from the data (the null sample), and the run says what it did
     assert np.isfinite(res.threshold) and res.info["confirmed_clusters"]
-    assert set(res.info["timings"]) >= {"probe_s", "filter_s", "total_s"}
+    assert set(res.info["timings"]) >= {"probe_s", "filter_s", "classifier_s", "total_s"}
+    # the classifier was taught by windows of poisons, and the masking drops are kept as evidence
+    assert c.manifest.is_poisoned(np.asarray([w["index"] for w in res.info["top_windows"]])).all()
+    drop = res.evidence["mask_drop"]
+    assert detection_metrics(drop, drop > res.info["mask_threshold"], c.truth)["auroc"] > 0.95
+
+
+def test_poisoncam_without_classifier_returns_the_masking_drops(case):
+    c, emb, clusters = case
+    res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                    n_probe=8, n_null=48, classifier=False, seed=0)
+    assert res.info["final_stage"] == "masking" and "classifier_s" not in res.info["timings"]
+    np.testing.assert_array_equal(res.scores, res.evidence["mask_drop"])
+    assert res.threshold == res.info["mask_threshold"]
+    m = detection_metrics(res.scores, res.flagged, c.truth)
+    assert m["f1"] > 0.8 and m["auroc"] > 0.95, m
 
 
 def test_poisoncam_is_deterministic_for_a_seed(case):
     c, emb, clusters = case
     kw = dict(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters, n_probe=4, n_null=16,
-              stride_fraction=0.25, seed=1)
+              stride_fraction=0.25, classifier_images=200, classifier_epochs=2, seed=1)
     a, b = get_detector("poisoncam")(**kw), get_detector("poisoncam")(**kw)
     np.testing.assert_array_equal(a.scores, b.scores)
     np.testing.assert_array_equal(a.flagged, b.flagged)

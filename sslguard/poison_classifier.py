@@ -1,0 +1,116 @@
+"""The final filter shared by PatchSearch and PoisonCAM: a small poison classifier on pixels.
+
+Tejankar et al. (CVPR 2023, PatchSearch) end their search by training a classifier that tells clean
+images from clean images carrying one of the top-scored candidate trigger windows, then run it over the
+whole corpus; Qian et al. (2023, PoisonCAM) end the same way with the windows that cluster activation
+masking found. The search only has to find *a few* trigger windows; the classifier then finds the
+trigger wherever it sits in every other image, which a per-image score cannot do when the encoder
+reacts to the trigger in some poisons only weakly.
+
+Limits: the classifier learns what the windows show. Windows that hold only a part of the trigger teach
+that part; windows that are not triggers at all (a wrong cluster confirmed) teach an object part, and
+the classifier then flags that part's images. Global triggers (blend, CTRL) fit no window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sslguard.data.transforms import to_float
+
+
+def crop_windows(images_uint8: torch.Tensor, boxes: np.ndarray) -> list[torch.Tensor]:
+    """The (x, y, w, h) window ``boxes[j]`` of ``images[j]``, each as its own (3, h, w) copy."""
+    return [images_uint8[j, :, int(y):int(y) + int(h), int(x):int(x) + int(w)].clone()
+            for j, (x, y, w, h) in enumerate(np.asarray(boxes))]
+
+
+def paste_many(targets_uint8: torch.Tensor, patches: list[torch.Tensor], at: np.ndarray) -> torch.Tensor:
+    """Paste ``patches[j]`` (3, h, w) onto ``targets[j]`` at ``at[j]`` (x, y); returns a copy."""
+    out = targets_uint8.clone()
+    for j, p in enumerate(patches):
+        x, y = int(at[j][0]), int(at[j][1])
+        out[j, :, y:y + p.shape[1], x:x + p.shape[2]] = p
+    return out
+
+
+def random_positions(rng: np.random.Generator, n: int, side: int, win: int) -> np.ndarray:
+    return np.stack([rng.integers(0, side - win + 1, n), rng.integers(0, side - win + 1, n)], 1)
+
+
+def _places(rng: np.random.Generator, patches: list[torch.Tensor], side: int) -> np.ndarray:
+    """A random top-left corner (x, y) for each patch such that it fits a ``side`` x ``side`` image."""
+    return np.asarray([[rng.integers(0, side - p.shape[2] + 1), rng.integers(0, side - p.shape[1] + 1)]
+                       for p in patches], dtype=np.int64).reshape(-1, 2)
+
+
+class PoisonClassifier(torch.nn.Module):
+    """Small CNN (the repository's convnet4 at width 16 + a linear layer) for the final filter: the paper
+    trains a ResNet-18, which would take longer than the whole search on a CPU."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        from sslguard.models.backbones import create_backbone
+
+        self.body = create_backbone("convnet4", width=width)
+        self.head = torch.nn.Linear(self.body.feature_dim, 1)
+
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(to_float(images_uint8)))[:, 0]
+
+
+def train_poison_classifier(
+    corpus,
+    clean_pos: np.ndarray,
+    patches: list[torch.Tensor],
+    *,
+    rng: np.random.Generator,
+    epochs: int = 4,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> PoisonClassifier:
+    """Train :class:`PoisonClassifier`: positives = clean images + a random patch of ``patches`` at a
+    random place; negatives = the clean images as they are, and with a random window of another clean
+    image pasted (a shortcut guard: without them a net may learn "any pasted square").
+    """
+    torch.manual_seed(seed)
+    clf = PoisonClassifier().to(corpus.device)
+    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
+    imgs = corpus.images(clean_pos)
+    side = imgs.shape[-1]
+    n = len(imgs)
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for s in range(0, n, batch_size):
+            idx = perm[s:s + batch_size]
+            base = imgs[idx]
+            m = len(idx)
+            pick = rng.integers(0, len(patches), m)
+            pp = [patches[i] for i in pick]
+            pos = paste_many(base, pp, _places(rng, pp, side))
+            donors = imgs[rng.integers(0, n, m)]
+            rand_patches = []
+            for j, (x, y) in enumerate(_places(rng, pp, side)):
+                h, w = pp[j].shape[1], pp[j].shape[2]
+                rand_patches.append(donors[j, :, y:y + h, x:x + w])
+            neg_paste = paste_many(base, rand_patches, _places(rng, pp, side))
+            x = torch.cat([pos, base, neg_paste])
+            y = torch.cat([torch.ones(m), torch.zeros(2 * m)]).to(x.device)
+            w = torch.cat([torch.full((m,), 2.0), torch.ones(2 * m)]).to(x.device)  # balance the two classes
+            clf.train()
+            loss = F.binary_cross_entropy_with_logits(clf(x), y, weight=w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return clf.eval()
+
+
+@torch.no_grad()
+def classifier_logits(clf: PoisonClassifier, corpus, positions: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(positions), np.float64)
+    for s in range(0, len(positions), corpus.batch_size):
+        pos = positions[s:s + corpus.batch_size]
+        out[s:s + len(pos)] = clf(corpus.images(pos)).double().cpu().numpy()
+    return out
