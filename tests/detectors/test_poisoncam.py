@@ -37,7 +37,10 @@ def test_poisoncam_ranks_planted_poisons_first(case):
     assert np.isfinite(res.threshold) and res.info["confirmed_clusters"]
     assert set(res.info["timings"]) >= {"probe_s", "filter_s", "classifier_s", "total_s"}
     # the classifier was taught by windows of poisons, and the masking drops are kept as evidence
-    assert c.manifest.is_poisoned(np.asarray([w["index"] for w in res.info["top_windows"]])).all()
+    top = np.asarray([w["index"] for w in res.info["top_windows"]])
+    assert c.manifest.is_poisoned(top).all()
+    pos = {int(k): i for i, k in enumerate(c.dataset.keys)}
+    assert np.isin(clusters.assignments[[pos[int(k)] for k in top]], res.info["confirmed_clusters"]).all()
     drop = res.evidence["mask_drop"]
     assert detection_metrics(drop, drop > res.info["mask_threshold"], c.truth)["auroc"] > 0.95
 
