@@ -69,3 +69,11 @@ def test_poisoncam_rejects_mismatched_inputs(case):
     c, emb, clusters = case
     with pytest.raises(ValueError, match="embeddings for a dataset"):
         get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb[:10], clusters=clusters)
+
+
+def test_poisoncam_confirm_z_is_the_confirmation_cut(case):
+    c, emb, clusters = case
+    res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                    n_probe=8, n_null=16, classifier=False, confirm_z=1e3, seed=0)
+    assert res.info["mode"] == "screen_only" and res.info["confirmed_clusters"] == []
+    assert res.info["final_stage"] == "masking" and res.info["params"]["confirm_z"] == 1e3
