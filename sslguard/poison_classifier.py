@@ -36,10 +36,6 @@ def paste_many(targets_uint8: torch.Tensor, patches: list[torch.Tensor], at: np.
     return out
 
 
-def random_positions(rng: np.random.Generator, n: int, side: int, win: int) -> np.ndarray:
-    return np.stack([rng.integers(0, side - win + 1, n), rng.integers(0, side - win + 1, n)], 1)
-
-
 def _places(rng: np.random.Generator, patches: list[torch.Tensor], side: int) -> np.ndarray:
     """A random top-left corner (x, y) for each patch such that it fits a ``side`` x ``side`` image."""
     return np.asarray([[rng.integers(0, side - p.shape[2] + 1), rng.integers(0, side - p.shape[1] + 1)]
@@ -91,10 +87,8 @@ def train_poison_classifier(
             pp = [patches[i] for i in pick]
             pos = paste_many(base, pp, _places(rng, pp, side))
             donors = imgs[rng.integers(0, n, m)]
-            rand_patches = []
-            for j, (x, y) in enumerate(_places(rng, pp, side)):
-                h, w = pp[j].shape[1], pp[j].shape[2]
-                rand_patches.append(donors[j, :, y:y + h, x:x + w])
+            rand_patches = crop_windows(donors, [(x, y, p.shape[2], p.shape[1])
+                                                 for (x, y), p in zip(_places(rng, pp, side), pp)])
             neg_paste = paste_many(base, rand_patches, _places(rng, pp, side))
             x = torch.cat([pos, base, neg_paste])
             y = torch.cat([torch.ones(m), torch.zeros(2 * m)]).to(x.device)

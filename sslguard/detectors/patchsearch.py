@@ -40,10 +40,13 @@ from sslguard.cam import cluster_cam, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, register_detector
 from sslguard.detectors.poisoncam import _Corpus, prepare_embeddings_and_clusters
-from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, random_positions, \
-    train_poison_classifier
+from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, train_poison_classifier
 
 log = logging.getLogger(__name__)
+
+
+def random_positions(rng: np.random.Generator, n: int, side: int, win: int) -> np.ndarray:
+    return np.stack([rng.integers(0, side - win + 1, n), rng.integers(0, side - win + 1, n)], 1)
 
 
 @register_detector("patchsearch")

@@ -13,8 +13,8 @@ This implementation (our own code, following the idea) runs in four steps:
    (an exhaustive sliding-window search; a window is erased with a blurred copy of the image, so no
    sharp square is pasted) and the largest drop of their own-cluster activation is kept.
 2. **Confirm** a cluster when the median drop of its probes exceeds the robust upper bound
-   (median + ``confirm_z`` x 1.4826 MAD) of the drops of the other clusters' probes. A trigger cluster is one
-   that most members leave once one window is erased; a clean cluster is held together by whole objects.
+   (median + ``confirm_z`` x 1.4826 MAD) of the drops of the other clusters' probes. A trigger cluster
+   is one that most members leave once one window is erased; a clean cluster is held together by whole objects.
    (Grad-CAM's window alone is too coarse for this step on a small encoder: on the planted digits case
    the trigger cluster ranked only third of ten by the median drop of its Grad-CAM windows, first by
    the searched drop.)
@@ -28,7 +28,8 @@ This implementation (our own code, following the idea) runs in four steps:
 4. **Poison classifier** (the paper's last step, which PatchSearch shares; :mod:`sslguard.poison_classifier`):
    the masked windows of the ``n_top_windows`` members of the confirmed clusters with the largest drop
    above the threshold are taken as the trigger, a small CNN learns to tell clean images from clean
-   images carrying one of them, and it scores the whole corpus (the scores are its logits; the drops stay in ``evidence["mask_drop"]``).
+   images carrying one of them, and it scores the whole corpus (the scores are its logits; the drops
+   stay in ``evidence["mask_drop"]``).
    Why: the encoder reacts to the trigger in some poisons only weakly, so their own masking drop stays
    under the threshold, but the classifier still sees the trigger in their pixels. Flagged: logit above
    the valley of the corpus' logits (Otsu), and never below the MAD bound of held-out clean images
@@ -59,10 +60,11 @@ each seed, and top-k precision at k = poison count 1.000 (PatchSearch: 1.000, 0.
 the windows from all images instead of the confirmed members let 2 clean non-members into the top 20
 and gave 0.986 to 0.996 (this choice was made on that encoder). On a second, held-out BYOL encoder
 (seed 1, which learned the trigger together with "any patch"), PoisonCAM confirmed the trigger cluster
-at 1 of 3 seeds only (F1 0.999 there, 0.29 at the others, see ``confirm_z`` below), while PatchSearch
-found it at all three (F1 0.997 to 0.999). In seven trial runs of step 4 there (seeds; 20 or 50 windows; 4 or 8 epochs) the
-classifier's own boundary (logit 0) gave F1 0.70 to 0.99 and the Otsu cut 0.95 to 1.00, hence the
-cut. ``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4`` are PatchSearch's
+at 1 of 3 seeds only (F1 0.999 there, 0.29 at the others, see ``confirm_z`` above), while PatchSearch
+found it at all three (F1 0.997 to 0.999). In seven trial runs of step 4 on the first encoder
+(seeds; 20 or 50 windows; 4 or 8 epochs; ad hoc, not in the benchmark file) the classifier's own
+boundary (logit 0) gave F1 0.70 to 0.99 and the Otsu cut 0.95 to 1.00, hence the cut.
+``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4`` are PatchSearch's
 values, so the two detectors differ only in how they find the trigger windows.
 
 Limits: the detector finds what the encoder learned. If the encoder did not tie the trigger to a
@@ -316,13 +318,13 @@ def poisoncam(
                 clf = train_poison_classifier(corpus, clean_pos, patches, rng=rng, epochs=classifier_epochs,
                                               seed=seed)
                 scores = classifier_logits(clf, corpus, all_pos)
-                # the valley of the corpus' logits, but never inside the bulk of held-out clean images: on
-                # the CIFAR encoder the classifier's own boundary (logit 0) gave F1 0.70-0.99 across
-                # classifier seeds, this 0.95-1.00 (benchmarks/detect.md)
+                # the valley of the corpus' logits, but never inside the bulk of held-out clean images
+                # (why not logit 0: see the module docstring)
                 held = np.setdiff1d(clean_pool, clean_pos)
                 null_bound = robust_threshold(scores[held], z)[0] if len(held) >= 2 else -np.inf
-                threshold = max(otsu_threshold(scores), null_bound)
-                classifier_info = {"otsu": otsu_threshold(scores), "null_bound": float(null_bound),
+                otsu = otsu_threshold(scores)
+                threshold = max(otsu, null_bound)
+                classifier_info = {"otsu": otsu, "null_bound": float(null_bound),
                                    "n_train_clean": int(len(clean_pos)), "n_held_out": int(len(held))}
                 final_stage = "classifier"
             timings["classifier_s"] = time.perf_counter() - t
