@@ -4,6 +4,8 @@
     python scripts/benchmark.py ssl --minutes 1 --n-train 2000 --output benchmarks/ssl_quick.md
     python scripts/benchmark.py repair --config configs/repair_cifar10.yaml --threads 1
     python scripts/benchmark.py detect --config configs/cifar10_detect.yaml --threads 1
+    python scripts/benchmark.py gpu-pack                       # then, on the lent GPU (benchmarks/encoders/README.md):
+    python scripts/benchmark.py gpu-encoder --output $OUT --budget-s 400
 
 To add a benchmark: write ``add_<name>(subparsers)`` that adds a parser and sets ``func`` to a
 function taking the parsed args (it calls the library in ``sslguard.bench``), and list it in
@@ -155,7 +157,59 @@ def add_detect(sub) -> None:
     p.set_defaults(func=_run_detect)
 
 
-SUBCOMMANDS = [add_ssl, add_classifier, add_repair, add_detect]
+def _run_gpu_pack(args: argparse.Namespace) -> int:
+    from sslguard.bench.gpu import pack_cifar10
+
+    path = pack_cifar10(args.output, root=args.cifar_root, n_test=args.n_test, seed=args.seed)
+    print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
+def add_gpu_pack(sub) -> None:
+    p = sub.add_parser("gpu-pack", help="CIFAR-10's JPEG bytes in one .npz small enough to carry to the device")
+    p.add_argument("--output", default=".devdata/cifar10_pack.npz")
+    p.add_argument("--n-test", type=int, default=2000, help="test images to carry (a seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cifar-root", default=None)
+    p.set_defaults(func=_run_gpu_pack)
+
+
+def _run_gpu_encoder(args: argparse.Namespace) -> int:
+    from sslguard.bench.gpu import train_reference_encoder
+
+    rep = train_reference_encoder(args.pack, args.output, setting=args.setting, method=args.method,
+                                  backbone=args.backbone, width=args.width, batch_size=args.batch_size,
+                                  budget_s=args.budget_s, hard_limit_s=args.hard_limit_s, max_epochs=args.max_epochs,
+                                  min_scale=args.min_scale, mixed_precision=args.mixed_precision,
+                                  channels_last=not args.no_channels_last, seed=args.seed, name=args.name,
+                                  probe_steps=args.probe_steps, work_dir=args.work_dir)
+    print(json.dumps({k: v for k, v in rep.items() if k != "attack"}, indent=1, default=str))
+    return 0
+
+
+def add_gpu_encoder(sub) -> None:
+    p = sub.add_parser("gpu-encoder", help="train a backdoored reference encoder for a time budget (on the lent GPU)")
+    p.add_argument("--pack", default=".devdata/cifar10_pack.npz", help="file written by gpu-pack")
+    p.add_argument("--output", required=True, help="folder for the encoder, its parts and its JSON")
+    p.add_argument("--setting", default="htba_50", help="a setting of sslguard.bench.detect.SETTINGS")
+    p.add_argument("--method", default="byol", choices=["simclr", "byol"])
+    p.add_argument("--backbone", default="cifar_resnet18")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--budget-s", type=float, default=300.0, help="training seconds to plan the epochs for")
+    p.add_argument("--hard-limit-s", type=float, default=None, help="stop at the first epoch end past this (default 1.5x budget)")
+    p.add_argument("--max-epochs", type=int, default=400)
+    p.add_argument("--min-scale", type=float, default=0.2)
+    p.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"])
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None)
+    p.add_argument("--probe-steps", type=int, default=30, help="batches in the timing probe that plans the epochs")
+    p.add_argument("--work-dir", default=None, help="checkpoints and the whole encoder (default OUTPUT/work)")
+    p.set_defaults(func=_run_gpu_encoder)
+
+
+SUBCOMMANDS = [add_ssl, add_classifier, add_repair, add_detect, add_gpu_pack, add_gpu_encoder]
 
 
 def main(argv: list[str] | None = None) -> int:

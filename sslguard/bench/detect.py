@@ -79,7 +79,8 @@ def poisoned_cifar10(setting: str, *, n_per_class: int | None = 1000, target: in
 def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "convnet4", width: int = 32,
                   epochs: int = 39, schedule_epochs: int | None = None, batch_size: int = 256, seed: int = 0,
                   min_scale: float | None = None, augment: str = "cifar", mixed_precision: str = "no",
-                  channels_last: bool = False, method: str = "simclr", progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  channels_last: bool = False, method: str = "simclr", progress: bool = False, preload: bool = False,
+                  checkpoint_every: int = 1, on_epoch_end=None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """SimCLR (or, with ``method="byol"``, BYOL) encoder on ``dataset`` (resumes from ``output_dir`` when a
     matching checkpoint is there). BYOL has no negatives, so nothing pushes apart images that share a
     trigger; Saha et al. attack both kinds.
@@ -89,6 +90,7 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
     ``augment``: ``"cifar"`` is SimCLR's CIFAR recipe (:func:`~sslguard.train.augment.ssl_augmentations`:
     jitter 0.4, no blur); ``"lightly"`` is lightly's ``SimCLRTransform`` defaults at 32 px (jitter 0.8 /
     hue 0.2, blur p=0.5), stronger, which wipes out more of the natural-image cues than of a pasted patch.
+    ``preload``, ``checkpoint_every`` and ``on_epoch_end`` go to :func:`~sslguard.train.ssl.train_ssl`.
     """
     from sslguard.models.ssl import build_ssl_model, load_backbone, make_backbone
     from sslguard.train.augment import ssl_augmentations
@@ -113,7 +115,7 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
     res = train_ssl(model, dataset, epochs=epochs, schedule_epochs=schedule_epochs, batch_size=batch_size,
                     image_size=32, augment=views,
                     output_dir=output_dir, seed=seed, mixed_precision=mixed_precision, channels_last=channels_last,
-                    progress=progress)
+                    progress=progress, preload=preload, checkpoint_every=checkpoint_every, on_epoch_end=on_epoch_end)
     info = {"epochs": epochs, "schedule_epochs": schedule_epochs or epochs, "batch_size": batch_size,
             "backbone": backbone, "width": width, "min_scale": 0.08 if min_scale is None else min_scale,
             "augment": augment, "method": method,
@@ -224,20 +226,21 @@ of the process: on a shared machine the honest cost, as wall time also counts wa
 
 
 def backdoor_learned(backbone, train_ds, attack, *, target: int, root=None, max_test: int = 1000, seed: int = 0,
-                     patch_size: int = 8) -> dict[str, Any]:
+                     patch_size: int = 8, test=None, device=None) -> dict[str, Any]:
     """kNN target rate of triggered vs random-patch vs clean non-target CIFAR-10 test images
-    (:func:`sslguard.backdoor.triggered_target_rate`, with ``train_ds`` as the kNN bank)."""
+    (:func:`sslguard.backdoor.triggered_target_rate`, with ``train_ds`` as the kNN bank; ``test``
+    defaults to the CIFAR-10 test split under ``root``)."""
     from sslguard.backdoor import triggered_target_rate
     from sslguard.data import load_cifar10
 
-    test = load_cifar10(root, "test")
+    test = load_cifar10(root, "test") if test is None else test
     size = None
     try:
         attack.plan((32, 32, 3), np.random.default_rng(0))["location"]
     except (KeyError, TypeError):
         size = patch_size  # global trigger: the random-patch control gets a fixed size
     rates = triggered_target_rate(backbone, train_ds, test, attack, target, patch_size=size, image_size=32,
-                                  max_test=max_test, seed=seed)
+                                  max_test=max_test, seed=seed, device=device)
     return rates.to_dict()
 
 
