@@ -74,6 +74,33 @@ def test_poisoncam_rejects_mismatched_inputs(case):
 def test_poisoncam_confirm_z_is_the_confirmation_cut(case):
     c, emb, clusters = case
     res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
-                                    n_probe=8, n_null=16, classifier=False, confirm_z=1e3, seed=0)
+                                    n_probe=8, n_null=16, classifier=False, confirm_z=1e3, paste_check=False, seed=0)
     assert res.info["mode"] == "screen_only" and res.info["confirmed_clusters"] == []
     assert res.info["final_stage"] == "masking" and res.info["params"]["confirm_z"] == 1e3
+    # by default the masking drop alone confirms nothing: without the paste check no cluster is confirmed
+    res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                    n_probe=8, n_null=16, classifier=False, paste_check=False, seed=0)
+    assert res.info["confirmed_clusters"] == [] and res.info["params"]["confirm_z"] is None
+    # and a reachable cut confirms by masking alone (the detector before the paste check used 3.5)
+    trigger = int(np.bincount(clusters.assignments[c.truth]).argmax())
+    res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                    n_probe=8, n_null=16, classifier=False, paste_check=False, confirm_z=3.5, seed=0)
+    assert trigger in res.info["confirmed_clusters"]
+    assert res.info["cluster_stats"][trigger]["confirmed_by"] == "masking"
+
+
+def test_poisoncam_paste_check_confirms_the_trigger_cluster_and_no_clean_one(case):
+    # masking alone cannot confirm here (cut unreachable); every cluster gets the paste check
+    c, emb, clusters = case
+    res = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                    n_probe=8, n_null=16, classifier=False, confirm_z=1e3, support_z=-np.inf, seed=0)
+    trigger = int(np.bincount(clusters.assignments[c.truth]).argmax())
+    assert res.info["confirmed_clusters"] == [trigger]
+    stats = res.info["cluster_stats"]
+    assert stats[trigger]["confirmed_by"] == "masking+paste" and stats[trigger]["paste_rate"] > 0.9
+    clean = [v["paste_rate"] for k, v in stats.items() if k != trigger]
+    assert len(clean) == clusters.k - 1 and max(clean) < 0.2, clean
+    assert "confirm_s" in res.info["timings"]
+    # the poisons' windows moved other images into their cluster; none of the clean clusters' parts did
+    m = detection_metrics(res.scores, res.flagged, c.truth)
+    assert m["auroc"] > 0.95, m
