@@ -36,7 +36,7 @@ def paste_many(targets_uint8: torch.Tensor, patches: list[torch.Tensor], at: np.
     return out
 
 
-def _places(rng: np.random.Generator, patches: list[torch.Tensor], side: int) -> np.ndarray:
+def paste_places(rng: np.random.Generator, patches: list[torch.Tensor], side: int) -> np.ndarray:
     """A random top-left corner (x, y) for each patch such that it fits a ``side`` x ``side`` image."""
     return np.asarray([[rng.integers(0, side - p.shape[2] + 1), rng.integers(0, side - p.shape[1] + 1)]
                        for p in patches], dtype=np.int64).reshape(-1, 2)
@@ -85,11 +85,11 @@ def train_poison_classifier(
             m = len(idx)
             pick = rng.integers(0, len(patches), m)
             pp = [patches[i] for i in pick]
-            pos = paste_many(base, pp, _places(rng, pp, side))
+            pos = paste_many(base, pp, paste_places(rng, pp, side))
             donors = imgs[rng.integers(0, n, m)]
             rand_patches = crop_windows(donors, [(x, y, p.shape[2], p.shape[1])
-                                                 for (x, y), p in zip(_places(rng, pp, side), pp)])
-            neg_paste = paste_many(base, rand_patches, _places(rng, pp, side))
+                                                 for (x, y), p in zip(paste_places(rng, pp, side), pp)])
+            neg_paste = paste_many(base, rand_patches, paste_places(rng, pp, side))
             x = torch.cat([pos, base, neg_paste])
             y = torch.cat([torch.ones(m), torch.zeros(2 * m)]).to(x.device)
             w = torch.cat([torch.full((m,), 2.0), torch.ones(2 * m)]).to(x.device)  # balance the two classes

@@ -70,12 +70,13 @@ which learned the trigger together with "any patch"), confirmation by masking al
 the trigger cluster at 1 of 3 seeds (F1 0.29 at the others); with the paste check at all three (F1
 0.997, 0.999, 0.999, top-k 1.000, 0.998, 0.998, the same as PatchSearch's). On the planted case
 (seeds 0-2) it confirms the trigger cluster and nothing else at each seed, where masking alone missed
-it once and confirmed a clean cluster once. Held out, on the BYOL ResNet-18 trained on a GPU with the 12x12 trigger
-(``benchmarks/encoders``; 2,000 images, 100 poisons): confirmed at both seeds run (paste rate 0.996,
-0.992), F1 1.000 and top-k 1.000, as PatchSearch (1.000), in 700 s against PatchSearch's 1,900 s on
-this CPU. On its sibling with the 8x8 trigger, which the encoder learned only in part, nothing is
-confirmed (AUROC 0.40) and PatchSearch flags nothing either (AUROC 0.57). In seven trial runs of step 4 on the first encoder
-(seeds; 20 or 50 windows; 4 or 8 epochs; ad hoc, not in the benchmark file) the classifier's own
+it once and confirmed a clean cluster once. Held out, on the BYOL ResNet-18 trained on a GPU with the
+12x12 trigger (``benchmarks/encoders``; 2,000 images, 100 poisons): confirmed at both seeds run (paste
+rate 0.996, 0.992), F1 1.000 and top-k 1.000, as PatchSearch (1.000), in 700 s against PatchSearch's
+1,900 s on this CPU. On its sibling with the 8x8 trigger, which the encoder learned only in part,
+nothing is confirmed (AUROC 0.40) and PatchSearch flags nothing either (AUROC 0.57). In seven trial
+runs of step 4 on the first encoder (seeds; 20 or 50 windows; 4 or 8 epochs; ad hoc, not in the
+benchmark file) the classifier's own
 boundary (logit 0) gave F1 0.70 to 0.99 and the Otsu cut 0.95 to 1.00, hence the cut.
 ``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4`` are PatchSearch's
 values, so the two detectors differ only in how they find the trigger windows.
@@ -105,7 +106,8 @@ from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked
     window_size
 from sslguard.cluster import ClusterResult, kmeans
 from sslguard.detectors.base import DetectionResult, otsu_threshold, register_detector
-from sslguard.poison_classifier import classifier_logits, crop_windows, train_poison_classifier
+from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, paste_places, \
+    train_poison_classifier
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +172,11 @@ class _Corpus:
     def paste_rate(self, patches: list[torch.Tensor], test_pos: np.ndarray, cluster: int,
                    rng: np.random.Generator) -> float:
         """Share of (patch, test image) pairs whose pasted copy the cluster model assigns to ``cluster``."""
-        from sslguard.poison_classifier import _places, paste_many
 
         imgs = self.images(test_pos)
         hits, total = 0, 0
         for p in patches:
-            out = paste_many(imgs, [p] * len(imgs), _places(rng, [p] * len(imgs), imgs.shape[-1]))
+            out = paste_many(imgs, [p] * len(imgs), paste_places(rng, [p] * len(imgs), imgs.shape[-1]))
             for s in range(0, len(out), self.batch_size):
                 hits += int((self.model(out[s:s + self.batch_size]).argmax(1) == cluster).sum())
             total += len(out)
@@ -242,7 +243,8 @@ def poisoncam(
             other clusters' probes) when pasting its probes' masked windows onto ``n_paste_test``
             non-members moves at least ``paste_rate`` of them into it (the ``n_paste_windows`` probes
             with the largest drops; step 2).
-        support_z, paste_rate, n_paste_windows, n_paste_test: see ``paste_check``.
+        support_z, paste_rate, n_paste_windows, n_paste_test: see ``paste_check``. ``paste_rate`` above 1
+            records every checked cluster's rate without confirming any (with ``support_z=-inf``: a diagnostic).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
@@ -252,6 +254,11 @@ def poisoncam(
         classifier_epochs: passes over them.
         image_size: resize images to this side (``None``: as stored).
     """
+    if paste_rate < 0:
+        raise ValueError(f"poisoncam: paste_rate must be >= 0, got {paste_rate}")
+    if n_paste_windows < 1 or n_paste_test < 1:
+        raise ValueError(f"poisoncam: n_paste_windows and n_paste_test must be >= 1, got {n_paste_windows}, "
+                         f"{n_paste_test}")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     rng = np.random.default_rng([seed, 4242])
@@ -281,8 +288,8 @@ def poisoncam(
         probe_drop, probe_box = corpus.search(probe_pos, probe_cluster, grid, fill)
         timings["probe_s"] = time.perf_counter() - t
 
-        # 2. confirm a cluster when its typical member is an outlier among the other clusters' probes
-        #    (or, less of an outlier, when its windows also pull other images into it).
+        # 2. confirm a cluster when its typical member stands out among the other clusters' probes and its
+        #    windows also pull other images into it (masking alone suffices only above confirm_z).
         t = time.perf_counter()
         paste_rng = np.random.default_rng([seed, 4243])  # its own stream: the later steps draw as before
         med = np.full(clusters.k, -np.inf)

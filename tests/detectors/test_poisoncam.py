@@ -69,6 +69,12 @@ def test_poisoncam_rejects_mismatched_inputs(case):
     c, emb, clusters = case
     with pytest.raises(ValueError, match="embeddings for a dataset"):
         get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb[:10], clusters=clusters)
+    with pytest.raises(ValueError, match="paste_rate"):
+        get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                  paste_rate=-0.1)
+    with pytest.raises(ValueError, match="n_paste_windows and n_paste_test"):
+        get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
+                                  n_paste_test=0)
 
 
 def test_poisoncam_confirm_z_is_the_confirmation_cut(case):
