@@ -64,7 +64,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sslguard.config import DetectConfig, dump_yaml, to_dict
-from sslguard.utils.io import atomic_write_json, atomic_write_text, package_versions, save_npy, to_json
+from sslguard.utils.io import atomic_write_json, atomic_write_text, file_sha256, package_versions, save_npy, to_json
 
 
 #: Test hook: ``SSLGUARD_KILL_AFTER=<stage>`` makes the process SIGKILL itself right after that stage
@@ -79,14 +79,6 @@ STAGE_VERSION = 1  # bump when an artefact's format changes, so old stamps stop 
 def fingerprint(*parts: Any) -> str:
     """Short SHA-256 of the JSON of ``parts`` (sorted keys, numpy-aware)."""
     return hashlib.sha256(to_json([STAGE_VERSION, *parts], indent=None).encode()).hexdigest()[:20]
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _say(msg: str, quiet: bool = False) -> None:

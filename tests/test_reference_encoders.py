@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslguard.bench.detect import backdoor_learned, manifest_attack, poisoned_cifar10, BenchConfig
+from sslguard.bench.detect import backdoor_learned, poisoned_cifar10, setting_attack
 from sslguard.data.datasets import find_cifar10_root
 from sslguard.models.ssl import load_backbone
+from sslguard.utils.io import file_sha256
 
 ENC = Path(__file__).resolve().parents[1] / "benchmarks" / "encoders"
 NAMES = ["byol_cifar_resnet18_htba_50_seed0", "byol_cifar_resnet18_htba12_50_seed0"]
@@ -19,9 +20,7 @@ NAMES = ["byol_cifar_resnet18_htba_50_seed0", "byol_cifar_resnet18_htba12_50_see
 def test_reference_encoder_loads_and_matches_its_record(name):
     path = ENC / f"{name}.safetensors"
     rec = json.loads((ENC / f"{name}.json").read_text())
-    import hashlib
-
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"]
+    assert file_sha256(path) == rec["sha256"]
     net = load_backbone(path)  # also checks the tensors' own checksum
     meta = net.encoder_meta
     assert meta["backbone"] == "cifar_resnet18" and meta["method"] == "byol" and meta["dtype"] == "float16"
@@ -38,5 +37,5 @@ def test_12px_reference_encoder_still_sends_triggered_images_to_the_target():
     torch.manual_seed(0)
     net = load_backbone(ENC / "byol_cifar_resnet18_htba12_50_seed0.safetensors")
     ds, _ = poisoned_cifar10("htba12_50", n_per_class=50, seed=0)
-    rates = backdoor_learned(net, ds, manifest_attack("htba12_50", BenchConfig(seed=0)), target=0, max_test=100)
+    rates = backdoor_learned(net, ds, setting_attack("htba12_50", seed=0), target=0, max_test=100)
     assert rates["triggered"] >= 0.8 and rates["random_patch"] <= 0.3 and rates["clean"] <= 0.2, rates

@@ -64,16 +64,22 @@ def poisoned_cifar10(setting: str, *, n_per_class: int | None = 1000, target: in
                      root: str | os.PathLike | None = None, split: str = "train"):
     """CIFAR-10 (a seeded per-class subset when ``n_per_class``), poisoned by ``setting``: ``(dataset, manifest)``."""
     from sslguard.data import load_cifar10, poison_dataset, subset_per_class
+
+    attack = setting_attack(setting, target=target, seed=seed)
+    ds = load_cifar10(root, split)
+    if n_per_class:
+        ds = subset_per_class(ds, n_per_class, seed)
+    return poison_dataset(ds, attack)
+
+
+def setting_attack(setting: str, *, target: int = 0, seed: int = 0):
+    """The attack object of ``setting`` (it poisons the corpus and adds the test-time trigger)."""
     from sslguard.data.attacks import build_attack
 
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; choose from {sorted(SETTINGS)}")
     spec = SETTINGS[setting]
-    ds = load_cifar10(root, split)
-    if n_per_class:
-        ds = subset_per_class(ds, n_per_class, seed)
-    attack = build_attack(spec["attack"], target=target, rate=spec["rate"], seed=seed, **spec["params"])
-    return poison_dataset(ds, attack)
+    return build_attack(spec["attack"], target=target, rate=spec["rate"], seed=seed, **spec["params"])
 
 
 def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "convnet4", width: int = 32,
@@ -389,11 +395,8 @@ def run_detect_benchmark(cfg: BenchConfig) -> Path:
 
 
 def manifest_attack(setting: str, cfg: BenchConfig):
-    """The attack object of ``setting`` (for its test-time trigger)."""
-    from sslguard.data.attacks import build_attack
-
-    spec = SETTINGS[setting]
-    return build_attack(spec["attack"], target=cfg.target, rate=spec["rate"], seed=cfg.seed, **spec["params"])
+    """The attack object of ``setting`` with ``cfg``'s target and seed (for its test-time trigger)."""
+    return setting_attack(setting, target=cfg.target, seed=cfg.seed)
 
 
 def _f(v: Any, nd: int = 3) -> str:

@@ -22,7 +22,6 @@ second when it is on the PATH.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -37,7 +36,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from sslguard.utils.io import atomic_path, atomic_write_json
+from sslguard.utils.io import atomic_path, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +104,15 @@ def split_file(path: str | os.PathLike, part_bytes: int = PART_BYTES) -> list[Pa
     return parts
 
 
-def export_fp16(src: str | os.PathLike, dst: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Re-save the encoder ``src`` with fp16 floating tensors (integer buffers kept), adding ``meta``."""
-    from sslguard.models.ssl import load_backbone, save_backbone
+def export_fp16(net: torch.nn.Module, dst: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Save the backbone ``net`` with fp16 floating tensors (integer buffers kept; ``net`` is converted
+    in place) and its ``encoder_meta`` (if loaded from a file) updated by ``meta``."""
+    from sslguard.models.ssl import save_backbone
 
-    net = load_backbone(src)
     emeta = {**dict(getattr(net, "encoder_meta", {}) or {}), **(meta or {}), "dtype": "float16"}
     for k in ("format", "sha256"):
         emeta.pop(k, None)
     return save_backbone(dst, net.half(), emeta)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class _GpuSampler:
@@ -171,9 +166,8 @@ def train_reference_encoder(pack: str | os.PathLike, out_dir: str | os.PathLike,
     ``hard_limit_s`` (default ``1.5 * budget_s``) stops training at the first epoch end past it; the
     encoder then comes from the last checkpoint (its LR schedule not finished), and the JSON says so.
     """
-    from sslguard.bench.detect import SETTINGS, BenchConfig, backdoor_learned, load_encoder, manifest_attack, train_encoder
+    from sslguard.bench.detect import SETTINGS, backdoor_learned, load_encoder, setting_attack, train_encoder
     from sslguard.data import poison_dataset
-    from sslguard.data.attacks import build_attack
     from sslguard.knn import extract_features, knn_accuracy
     from sslguard.models.ssl import load_backbone
 
@@ -200,8 +194,7 @@ def train_reference_encoder(pack: str | os.PathLike, out_dir: str | os.PathLike,
     t0 = time.perf_counter()
     train_ds, test_ds = load_packed_cifar10(pack)
     spec = SETTINGS[setting]
-    attack = build_attack(spec["attack"], target=target, rate=spec["rate"], seed=seed, **spec["params"])
-    pds, manifest = poison_dataset(train_ds, attack)
+    pds, manifest = poison_dataset(train_ds, setting_attack(setting, target=target, seed=seed))
     report.update(load_s=time.perf_counter() - t0, n_train=len(pds), n_test=len(test_ds),
                   n_poisoned=int(manifest.is_poisoned(np.asarray(pds.keys)).sum()), attack=spec)
     save_report()
@@ -230,17 +223,13 @@ def train_reference_encoder(pack: str | os.PathLike, out_dir: str | os.PathLike,
     gpu = _GpuSampler(out / f"{name}_nvidia_smi.csv")
     tdir = work / "train"
     try:
-        _, info = train_encoder(pds, output_dir=tdir, epochs=epochs, on_epoch_end=guard,
-                                checkpoint_every=max(1, epochs // 20), **common)
-        src = Path(info["encoder_path"])
+        net, _ = train_encoder(pds, output_dir=tdir, epochs=epochs, on_epoch_end=guard,
+                               checkpoint_every=max(1, epochs // 20), **common)
         report["stopped_early"] = None
     except _OutOfTime as exc:
-        from sslguard.models.ssl import save_backbone
-
         report["stopped_early"] = str(exc)
         net = load_encoder(tdir / "checkpoint.pt", backbone, width)
-        src = save_backbone(tdir / "encoder_from_checkpoint.safetensors", net,
-                            {"method": method, "image_size": 32, "seed": seed})
+        net.encoder_meta = {"method": method, "image_size": 32, "seed": seed}
     finally:
         report["gpu"] = gpu.stop()
     train_s = time.perf_counter() - started
@@ -251,12 +240,12 @@ def train_reference_encoder(pack: str | os.PathLike, out_dir: str | os.PathLike,
                   final_loss=hist[-1]["loss"] if hist else None)
     atomic_write_json(out / f"{name}_history.json", hist)
 
-    dst = export_fp16(src, work / f"{name}.safetensors",
+    dst = export_fp16(net, work / f"{name}.safetensors",
                       {"setting": setting, "attack": json.dumps({**spec, "target": target, "seed": seed}),
                        "min_scale": min_scale, "epochs": report["epochs_done"],
                        "device": report["device"]})
     parts = [shutil.move(p, out / p.name) for p in split_file(dst)]
-    report.update(sha256=_sha256(dst), bytes=dst.stat().st_size, parts=[Path(p).name for p in parts])
+    report.update(sha256=file_sha256(dst), bytes=dst.stat().st_size, parts=[Path(p).name for p in parts])
     save_report()
 
     # the exported (fp16) file is what the CPU will load, so measure that one
@@ -266,9 +255,8 @@ def train_reference_encoder(pack: str | os.PathLike, out_dir: str | os.PathLike,
     ftr, ltr, _ = extract_features(net, pds, **kw)
     fte, lte, _ = extract_features(net, test_ds, **kw)
     report["knn_top1"] = knn_accuracy(ftr, ltr, fte, lte, k=200, t=0.1)
-    cfg = BenchConfig(target=target, seed=seed)
-    report["learned"] = backdoor_learned(net, pds, manifest_attack(setting, cfg), target=target, seed=seed,
-                                         test=test_ds, device=dev)
+    report["learned"] = backdoor_learned(net, pds, setting_attack(setting, target=target, seed=seed), target=target,
+                                         seed=seed, test=test_ds, device=dev)
     report["eval_s"] = time.perf_counter() - t1
     report["total_s"] = time.perf_counter() - t0
     if dev.type == "cuda":
