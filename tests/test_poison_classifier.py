@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslguard.bench.detect import planted_digits_case
+from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case
 from sslguard.cam import load_uint8
 from sslguard.metrics import detection_metrics
 from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, train_poison_classifier
@@ -20,7 +20,7 @@ class _Images:
 
 @pytest.fixture(scope="module")
 def case():
-    return planted_digits_case(seed=0)
+    return planted_patch_encoder_case(seed=0)
 
 
 def test_crop_and_paste_move_exactly_the_window():

@@ -10,9 +10,6 @@ Scenarios (``scenarios``):
 - ``label_consistent``: Turner et al. 2019 with reduced-amplitude four-corner stickers on PGD images of
   the target class (PGD against a clean model trained with the same recipe first), labels unchanged.
 
-Also :func:`planted_digits_case`, the small planted case the tests use (digits with a BadNets patch
-and a tiny ConvNet that really learns the backdoor in seconds).
-
 ART (``adversarial-robustness-toolbox``) is a benchmark-only dependency (the ``bench`` extra).
 Timings are wall-clock on whatever the machine runs besides, each including the method's own forward
 passes over the training set.
@@ -20,17 +17,15 @@ passes over the training set.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from sslguard.data import load_cifar10, load_digits_dataset, poison_dataset
+from sslguard.data import load_cifar10, poison_dataset
 from sslguard.data.attacks import build_attack
 from sslguard.data.datasets import IndexedDataset
 from sslguard.data.transforms import to_float
@@ -40,40 +35,6 @@ from sslguard.train.classifier import evaluate_classifier, train_classifier
 from sslguard.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------ planted case
-
-
-@dataclass
-class PlantedCase:
-    """A trained classifier on a poisoned training set, with its ground truth."""
-
-    model: Classifier
-    train: Any  # PoisonedDataset
-    test: IndexedDataset
-    attack: Any
-    truth: np.ndarray  # bool, aligned with train positions
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@functools.lru_cache(maxsize=4)
-def planted_digits_case(*, rate: float = 0.1, rate_of: str = "dataset", target: int = 0, width: int = 8,
-                        epochs: int = 10, size_fraction: float = 0.15, seed: int = 0) -> PlantedCase:
-    """scikit-learn digits at 32 px with a BadNets corner patch and a ``convnet4`` trained on it.
-
-    About 10-20 s on one CPU thread; the returned ``metrics`` (clean accuracy, ASR on the held-out
-    split) say whether the backdoor was learned. Cached per arguments within a process (the tests of
-    several detectors share one model), so callers must not modify the returned model or datasets.
-    """
-    train = load_digits_dataset("train", seed=seed)
-    test = load_digits_dataset("test", seed=seed)
-    attack = build_attack("badnets", target=target, rate=rate, rate_of=rate_of, seed=seed, size_fraction=size_fraction)
-    poisoned, _ = poison_dataset(train, attack)
-    model = build_classifier("convnet4", train.num_classes, width=width, seed=seed)
-    train_classifier(model, poisoned, epochs=epochs, batch_size=64, lr=0.05, seed=seed, progress=False)
-    metrics = evaluate_classifier(model, test, attack)
-    return PlantedCase(model, poisoned, test, attack, poisoned.poisoned_mask, metrics)
 
 
 # --------------------------------------------------------------------------------------------- ART

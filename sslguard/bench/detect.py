@@ -148,58 +148,6 @@ def load_encoder(path: str | os.PathLike, backbone: str = "convnet4", width: int
     return net.eval()
 
 
-# --------------------------------------------------------------------------------- planted sanity case
-
-
-@dataclass
-class PlantedCase:
-    """A small corpus with a patch trigger the encoder has certainly learned (see :func:`planted_digits_case`)."""
-
-    dataset: Any
-    manifest: Any
-    backbone: torch.nn.Module
-    truth: np.ndarray  # (N,) bool, aligned with dataset positions
-
-
-def planted_digits_case(*, target: int = 3, rate: float = 0.5, trigger_size: int = 10, width: int = 16,
-                        epochs: int = 6, seed: int = 0) -> PlantedCase:
-    """sklearn digits (1,438 train images at 32 px) with an HTBA patch on ``rate`` of class ``target``, and
-    a convnet4 that has *learned* the trigger: trained a few seconds, supervised, with the triggered
-    images as an 11th class; its pooled penultimate features are the embedding.
-
-    This is the honest small case for detector tests: the trigger really forms a cluster in the encoder's
-    space (as it does for an SSL encoder that learned it), and the detectors run their real code on it.
-    """
-    from sslguard.cam import load_uint8
-    from sslguard.data import load_digits_dataset, poison_dataset
-    from sslguard.data.attacks import build_attack
-    from sslguard.data.transforms import to_float
-    from sslguard.models import create_backbone
-
-    ds = load_digits_dataset("train", seed=seed)
-    pds, manifest = poison_dataset(ds, build_attack("htba", target=target, rate=rate, seed=seed,
-                                                    trigger_size=trigger_size))
-    truth = manifest.is_poisoned(pds.keys)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    backbone = create_backbone("convnet4", width=width)
-    head = torch.nn.Linear(backbone.feature_dim, ds.num_classes + 1)
-    images = load_uint8(pds, np.arange(len(pds)))
-    labels = torch.as_tensor(ds.labels.copy())
-    labels[torch.as_tensor(truth)] = ds.num_classes
-    opt = torch.optim.Adam(list(backbone.parameters()) + list(head.parameters()), lr=3e-3)
-    backbone.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(images), generator=gen)
-        for s in range(0, len(images), 128):
-            i = perm[s:s + 128]
-            loss = torch.nn.functional.cross_entropy(head(backbone(to_float(images[i]))), labels[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return PlantedCase(pds, manifest, backbone.eval(), truth)
-
-
 # ------------------------------------------------------------------------------------------ measuring
 
 

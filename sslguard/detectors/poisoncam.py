@@ -38,7 +38,7 @@ This implementation (our own code, following the idea) runs in four steps:
    the valley of the corpus' logits (Otsu), and never below the MAD bound of held-out clean images
    (which keeps a unimodal, poison-free logit distribution from being cut in half).
 
-Defaults, as measured on the planted digits case (:func:`sslguard.bench.detect.planted_digits_case`,
+Defaults, as measured on the planted digits case (:func:`sslguard.testing.planted_patch_encoder_case`,
 a 10 px trigger on 32 px images, k=10, n_probe=12, n_null=64): ``window_fraction=0.375`` (12 px) with ``stride_fraction=0.125``
 (4 px) gave F1 0.99 / AUROC 1.00; a coarser 8 px stride left some triggers half-covered (F1 0.86 /
 AUROC 0.99); a 16 px window erased half of every clean digit too, so no cluster stood out (nothing

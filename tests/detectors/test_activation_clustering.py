@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from sslguard.bench.classifier import planted_digits_case
 from sslguard.detectors import get_detector
 from sslguard.detectors.activation_clustering import two_cluster_analysis
 from sslguard.metrics import detection_metrics
+from sslguard.testing import planted_badnets_classifier_case
 from tests.multiproc import run_script_distributed
 
 CASE = dict(rate=0.3, rate_of="target")  # poisons are about a quarter of the target label
@@ -16,17 +16,26 @@ CASE = dict(rate=0.3, rate_of="target")  # poisons are about a quarter of the ta
 
 @pytest.fixture(scope="module")
 def case():
-    c = planted_digits_case(**CASE)
+    c = planted_badnets_classifier_case(**CASE)
     assert c.metrics["asr"] >= 0.9 and c.metrics["clean_acc"] >= 0.8, c.metrics  # the backdoor was learned
     return c
 
 
-def test_finds_planted_poisons(case):
-    r = get_detector("activation_clustering")(case.model, case.train)
-    m = detection_metrics(r.scores, r.flagged, case.truth)
-    chance_precision = case.truth.mean()
-    assert m["auroc"] >= 0.9 and m["f1"] >= 0.7 and m["precision"] >= 5 * chance_precision, m
-    assert case.attack.target in r.info["flagged_classes"]
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finds_planted_poisons(seed):
+    """With the trusted test split as reference (as the pipeline passes it), at three seeds: the target
+    class alone is flagged, with a binomial p far below the cut, and its poison cluster is the poisons.
+    (The reference-free silhouette outlier rule is tested on planted Gaussians below; on this model the
+    target's silhouette z ranged -0.6 to 4.2 over seeds, see the module's Limits.)"""
+    c = planted_badnets_classifier_case(**CASE, seed=seed)
+    assert c.metrics["asr"] >= 0.9 and c.metrics["clean_acc"] >= 0.8, c.metrics
+    r = get_detector("activation_clustering")(c.model, c.train, reference=c.test)
+    m = detection_metrics(r.scores, r.flagged, c.truth)
+    assert r.info["decision"] == "auto" and r.info["flagged_classes"] == [c.attack.target], r.info["per_class"]
+    per = r.info["per_class"]
+    cut = r.info["reference_alpha"] / len(per)
+    assert per[str(c.attack.target)]["reference_p"] <= cut / 10, per[str(c.attack.target)]
+    assert m["auroc"] >= 0.95 and m["f1"] >= 0.9, m
     # flags are exactly the scores above the threshold, and cluster evidence matches them
     assert np.array_equal(r.flagged, r.scores > r.threshold)
     assert np.all(r.evidence["cluster"][r.flagged] == 1)
@@ -160,7 +169,7 @@ out = sys.argv[1]
 train = load_digits_dataset("train")
 attack = build_attack("badnets", target=0, rate={rate}, rate_of="{rate_of}", seed=0, size_fraction=0.15)
 ds, _ = poison_dataset(train, attack)
-model = build_classifier("convnet4", 10, width=8)
+model = build_classifier("convnet4", 10, width=16)
 model.load_state_dict(torch.load(out + "/model.pt"))
 model.eval()
 ac = get_detector("activation_clustering")(model, ds, accelerator=acc, batch_size=100)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sslguard.bench.classifier import planted_digits_case
+from sslguard.testing import planted_badnets_classifier_case
 from sslguard.data.datasets import subset_per_class
 from sslguard.detectors import get_detector
 from sslguard.metrics import detection_metrics
@@ -11,7 +11,7 @@ from sslguard.metrics import detection_metrics
 
 @pytest.fixture(scope="module")
 def case():
-    c = planted_digits_case(rate=0.3, rate_of="target")
+    c = planted_badnets_classifier_case(rate=0.3, rate_of="target")
     assert c.metrics["asr"] >= 0.9, c.metrics
     return c
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from sslguard.bench.classifier import planted_digits_case
+from sslguard.testing import planted_badnets_classifier_case
 from sslguard.data import load_digits_dataset
 from sslguard.detectors import get_detector
 from sslguard.detectors.heatmap_clustering import lrp_heatmaps
@@ -17,7 +17,7 @@ pytest.importorskip("zennit")
 
 @pytest.fixture(scope="module")
 def case():
-    c = planted_digits_case(rate=0.3, rate_of="target")
+    c = planted_badnets_classifier_case(rate=0.3, rate_of="target")
     assert c.metrics["asr"] >= 0.9, c.metrics
     return c
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sslguard.bench.detect import planted_digits_case
+from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case
 from sslguard.cluster import kmeans
 from sslguard.detectors import get_detector
 from sslguard.embed import embed_dataset
@@ -10,13 +10,16 @@ from sslguard.metrics import detection_metrics
 
 @pytest.fixture(scope="module")
 def case():
-    c = planted_digits_case(seed=0)
+    c = planted_patch_encoder_case(seed=0)
     _, emb = embed_dataset(c.backbone, c.dataset, normalize=True, progress=False)
-    return c, emb, kmeans(emb, 10, seed=0)
+    return c, emb, kmeans(emb, PLANTED_ENCODER_K, seed=0)
 
 
-def test_patchsearch_ranks_planted_poisons_first(case):
-    c, emb, clusters = case
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_patchsearch_ranks_planted_poisons_first(seed):
+    c = planted_patch_encoder_case(seed=seed)
+    _, emb = embed_dataset(c.backbone, c.dataset, normalize=True, progress=False)
+    clusters = kmeans(emb, PLANTED_ENCODER_K, seed=0)
     res = get_detector("patchsearch")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
                                       test_per_cluster=4, samples_per_round=3, final_samples=12, n_top_windows=8,
                                       classifier_images=300, classifier_epochs=3, seed=0)

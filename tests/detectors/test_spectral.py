@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from sslguard.bench.classifier import planted_digits_case
 from sslguard.detectors import get_detector
 from sslguard.detectors.spectral import spectral_scores
 from sslguard.metrics import detection_metrics
+from sslguard.testing import planted_badnets_classifier_case
 
 
 def test_removes_one_and_a_half_eps_per_class_and_ranks_the_planted_direction_first():
@@ -48,12 +48,21 @@ def test_a_clean_reference_breaks_the_symmetry_at_a_half_share():
     assert m_ref["f1"] > m_plain["f1"] + 0.5
 
 
-def test_finds_planted_poisons():
-    case = planted_digits_case(rate=0.3, rate_of="target")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finds_planted_poisons(seed):
+    """With the trusted test split as reference (as the pipeline passes it), at three seeds: the target
+    class alone is filtered, by a margin of at least twice the cut, and its removals are the poisons.
+    (The reference-free class statistic is not asserted here: on this case the target's variance-share z
+    ranged 1.2-5.1 over seeds against clean classes up to 2.2, see the module's Limits.)"""
+    case = planted_badnets_classifier_case(rate=0.3, rate_of="target", seed=seed)
     assert case.metrics["asr"] >= 0.9, case.metrics
     share = case.truth[case.train.labels == case.attack.target].mean()
-    r = get_detector("spectral")(case.model, case.train, expected_rate=float(share))
+    r = get_detector("spectral")(case.model, case.train, expected_rate=float(share), reference=case.test)
     m = detection_metrics(r.scores, r.flagged, case.truth)
-    assert m["auroc"] >= 0.8 and m["recall"] >= 0.8, m
-    # removal budgets hit every class (the paper's rule), yet flags are poisons well above chance
-    assert m["precision"] >= 2 * case.truth.mean(), m
+    assert r.info["filtered_classes"] == [case.attack.target], r.info["per_class"]
+    z = {int(k): v["class_z"] for k, v in r.info["per_class"].items()}
+    cut = r.info["outlier_z"]
+    assert z[case.attack.target] >= 2 * cut, z
+    assert m["auroc"] >= 0.95 and m["recall"] >= 0.9, m
+    # the budget is 1.5 x the class's poison share, so precision is at most 1 / 1.5
+    assert m["precision"] >= 0.6, m

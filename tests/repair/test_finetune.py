@@ -39,7 +39,10 @@ def planted():
 
 def test_finetune_on_clean_data_lowers_asr(planted):
     original = {k: v.clone() for k, v in planted["model"].state_dict().items()}
-    res = finetune(planted["model"], planted["train"], planted["test"], planted["attack"], fraction=0.2, epochs=4,
+    # Half the clean training images: with a fifth, the ASR after 4 epochs ranged 0.0-0.9 over seeds and
+    # CPU kernel sets (lr 0.05 first wrecks the model, then it relearns with or without the backdoor);
+    # with half it was at most 0.13 at seeds 0-2 on SSE4.1 and AVX-512 kernels.
+    res = finetune(planted["model"], planted["train"], planted["test"], planted["attack"], fraction=0.5, epochs=4,
                    lr=0.05, seed=0)
     assert isinstance(res, FinetuneResult)
     assert len(res.epochs) == len(res.clean_acc) == len(res.asr) == len(res.loss) == 5
@@ -47,8 +50,8 @@ def test_finetune_on_clean_data_lowers_asr(planted):
     assert res.asr[0] == pytest.approx(planted["before"]["asr"])  # epoch 0 is the model as given
     assert res.clean_acc[0] == pytest.approx(planted["before"]["clean_acc"])
     assert np.isnan(res.loss[0]) and np.isfinite(res.loss[1:]).all()
-    assert res.asr[-1] < 0.5 * res.asr[0], res.asr
-    assert res.relative_asr_drop() > 0.5
+    assert res.asr[-1] < 0.3 * res.asr[0], res.asr
+    assert res.relative_asr_drop() > 0.7
     # the input model is untouched (a copy was repaired), so linf_pruning can run on the same model
     for k, v in planted["model"].state_dict().items():
         assert torch.equal(v, original[k]), k
