@@ -227,25 +227,60 @@ def blur_fill(images_uint8: torch.Tensor, factor: int = 8) -> torch.Tensor:
     return F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
 
 
-def mask_windows(images_uint8: torch.Tensor, boxes: torch.Tensor | np.ndarray, fill: str = "blur") -> torch.Tensor:
-    """Copies of the images with each image's box (x, y, w, h) replaced by ``fill``:
-    ``"blur"`` (the blurred image, see :func:`blur_fill`), ``"mean"`` (the image's mean colour) or ``"grey"``."""
+def _box_sums(t: torch.Tensor, r: int) -> torch.Tensor:
+    """Sum of ``t`` (B, C, H, W) over the (2r+1)^2 square around every pixel (zero outside the image),
+    from an integral image: O(H W) whatever ``r`` (a box filter of that width costs (2r+1)^2 per pixel)."""
+    H, W = t.shape[-2:]
+    k = 2 * r + 1
+    integral = F.pad(t, (r + 1, r, r + 1, r)).cumsum(2).cumsum(3)
+    return (integral[..., k:k + H, k:k + W] - integral[..., :H, k:k + W]
+            - integral[..., k:k + H, :W] + integral[..., :H, :W])
+
+
+def context_fill(images_uint8: torch.Tensor, inside: torch.Tensor, window: int) -> torch.Tensor:
+    """Each masked region filled from its surroundings only: the mean of the pixels *outside* the region
+    (``inside``: (B, 1, H, W) bool) within a (2 x window + 1)-wide square, wide enough that every masked
+    pixel sees some. A smooth inpainting by normalised convolution (Knutsson & Westin 1993); written here
+    because torchvision has no inpainting and OpenCV is not a dependency."""
+    outside = (~inside).to(torch.int32)
+    # integer sums are exact (and fast); int32 holds 255 x the pixels of a 2,900 px square
+    num = _box_sums(images_uint8.to(torch.int32) * outside, int(window))
+    den = _box_sums(outside, int(window)).clamp_min(1)
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor").clamp(0, 255).to(torch.uint8)  # round half up
+
+
+FILLS = ("context", "blur", "mean", "grey")
+
+
+def mask_windows(images_uint8: torch.Tensor, boxes: torch.Tensor | np.ndarray, fill: str = "context") -> torch.Tensor:
+    """Copies of the images with each image's box (x, y, w, h) erased by ``fill``:
+
+    - ``"context"`` (default): inpainted from the pixels around the box (:func:`context_fill`). What was in
+      the box leaves no trace, so a trigger is really gone, and no sharp square is pasted in its place;
+    - ``"blur"``: a heavily blurred copy of the image itself (:func:`blur_fill`). The blur averages over
+      blocks of an eighth of the image, so a patch's own colour survives in the box: on the 16 px
+      quickstart digits the blurred 6 px trigger still read as a patch to the encoder;
+    - ``"mean"`` (the image's mean colour) or ``"grey"``: flat squares, which an encoder that learned
+      "any patch" reads as a trigger itself.
+    """
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.long)
     out = images_uint8.clone()
     B, _, H, W = out.shape
-    if fill == "blur":
-        src = blur_fill(images_uint8)
-    elif fill == "mean":
-        src = images_uint8.float().mean(dim=(2, 3), keepdim=True).round().to(torch.uint8).expand_as(images_uint8)
-    elif fill == "grey":
-        src = torch.full_like(images_uint8, 128)
-    else:
-        raise ValueError(f"fill must be 'blur', 'mean' or 'grey', got {fill!r}")
     ys = torch.arange(H)[None, :, None]
     xs = torch.arange(W)[None, None, :]
     x0, y0, w, h = (boxes[:, i, None, None] for i in range(4))
-    inside = ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h))[:, None]  # (B, 1, H, W)
-    return torch.where(inside.to(out.device), src, out)
+    inside = ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h))[:, None].to(out.device)  # (B, 1, H, W)
+    if fill == "context":
+        src = context_fill(images_uint8, inside, int(boxes[:, 2:].max()) if len(boxes) else 1)
+    elif fill == "blur":
+        src = blur_fill(images_uint8)
+    elif fill == "mean":
+        src = images_uint8.float().mean(dim=(2, 3), keepdim=True).round().to(torch.uint8).expand_as(images_uint8)
+    else:
+        src = torch.full_like(images_uint8, 128)
+    return torch.where(inside, src, out)
 
 
 def paste_windows(targets_uint8: torch.Tensor, sources_uint8: torch.Tensor, boxes: np.ndarray,
@@ -278,7 +313,7 @@ def sliding_boxes(image_size: tuple[int, int], window: int, stride: int) -> np.n
 
 @torch.no_grad()
 def masked_drop(model: ClusterModel, images_uint8: torch.Tensor, boxes: np.ndarray, targets: torch.Tensor,
-                base: torch.Tensor, fill: str = "blur") -> tuple[torch.Tensor, torch.Tensor]:
+                base: torch.Tensor, fill: str = "context") -> tuple[torch.Tensor, torch.Tensor]:
     """Drop of cluster ``targets``' activation when each image's box is masked: ``base - masked``
     (``base`` (B,) is the unmasked activation), and the masked images' new assignment (B,)."""
     scores = model(mask_windows(images_uint8, boxes, fill))
@@ -287,7 +322,7 @@ def masked_drop(model: ClusterModel, images_uint8: torch.Tensor, boxes: np.ndarr
 
 @torch.no_grad()
 def search_windows(model: ClusterModel, images_uint8: torch.Tensor, targets: torch.Tensor, grid: np.ndarray,
-                   fill: str = "blur", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   fill: str = "context", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask every box of ``grid`` (G, 4) in turn and keep, per image, the box whose masking lowers the
     activation of cluster ``targets`` most. Returns ``(best drop (B,), best box (B, 4), unmasked activation (B,))``.
 
@@ -311,6 +346,6 @@ def search_windows(model: ClusterModel, images_uint8: torch.Tensor, targets: tor
 
 __all__ = [
     "ClusterModel", "CamResult", "grad_cam", "best_window", "cluster_cam", "window_size", "load_uint8",
-    "iter_batches", "blur_fill", "mask_windows", "paste_windows", "sliding_boxes", "masked_drop",
+    "iter_batches", "blur_fill", "context_fill", "mask_windows", "paste_windows", "sliding_boxes", "masked_drop",
     "search_windows",
 ]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from sslguard.cam import ClusterModel, best_window, grad_cam, mask_windows, search_windows, sliding_boxes
@@ -64,3 +65,20 @@ def test_mask_windows_only_touches_the_box():
     inside[0, 3:8, 2:6] = True
     inside[1, 0:1, :] = True
     assert not changed[~inside].any()
+
+
+def test_context_fill_erases_a_patch_with_its_surroundings():
+    """A bright patch on a dark image: the context fill leaves no trace of it (the blurred copy keeps
+    some of its colour in the box), and nothing outside the box changes."""
+    img = torch.full((1, 3, 16, 16), 10, dtype=torch.uint8)
+    img[:, :, 4:10, 5:11] = 250
+    box = np.array([[5, 4, 6, 6]])
+    ctx = mask_windows(img, box, fill="context")
+    blur = mask_windows(img, box, fill="blur")
+    assert int(ctx[:, :, 4:10, 5:11].max()) == 10
+    assert int(blur[:, :, 4:10, 5:11].max()) > 40
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[4:10, 5:11] = False
+    assert torch.equal(ctx[:, :, outside], img[:, :, outside])
+    with pytest.raises(ValueError, match="fill"):
+        mask_windows(img, box, fill="paint")

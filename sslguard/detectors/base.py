@@ -33,6 +33,31 @@ def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
     return (v - med) / (float(1.4826 * np.median(np.abs(v - med))) + floor)
 
 
+def robust_threshold(values: np.ndarray, z: float) -> tuple[float, float, float]:
+    """``median + z * 1.4826 * MAD`` of ``values`` (the MAD outlier rule, Iglewicz & Hoaglin 1993);
+    returns ``(threshold, median, scale)``. The scale falls back to the std when the MAD is 0."""
+    v = np.asarray(values, dtype=np.float64)
+    med = float(np.median(v))
+    scale = 1.4826 * float(np.median(np.abs(v - med)))
+    if scale <= 0:
+        scale = float(v.std()) or 1e-12
+    return med + z * scale, med, scale
+
+
+def classifier_cut(scores: np.ndarray, held_out: np.ndarray, z: float) -> tuple[float, dict[str, float]]:
+    """The flag threshold of a poison classifier's logits ``scores`` (the final step of PoisonCAM and
+    PatchSearch): the valley of the corpus' logits (Otsu), but never inside the bulk of ``held_out``
+    clean positions (their MAD bound at ``z``), which keeps a unimodal, poison-free logit distribution
+    from being cut in half. The classifier's own boundary (logit 0) is not used: it moves with the class
+    balance and the epochs it was trained (PatchSearch flagged none of the planted or quickstart poisons
+    at logit 0 while ranking them first)."""
+    held_out = np.asarray(held_out, dtype=np.int64)
+    null_bound = robust_threshold(scores[held_out], z)[0] if len(held_out) >= 2 else -np.inf
+    otsu = otsu_threshold(scores)
+    return max(otsu, null_bound), {"otsu": float(otsu), "null_bound": float(null_bound),
+                                   "n_held_out": int(len(held_out))}
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's (1979) threshold of a 1-D sample: the histogram cut that maximises the between-group
     variance, i.e. the valley of a bimodal score distribution. Written here because scikit-image, which

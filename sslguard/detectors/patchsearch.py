@@ -16,8 +16,12 @@ CVPR 2023 (our own code, following the paper's algorithm):
    pixels, as the paper trains a ResNet-18) learns to tell clean images from clean images carrying
    one of the ``n_top_windows`` top-scored windows (pasted at random places; clean images carrying
    random windows are negatives too, so "any pasted square" is not the rule it learns). It scores the
-   whole corpus; flagged = classifier probability > 0.5 (its own decision boundary, as in the paper;
-   PoisonCAM cuts at the valley of the logits instead, see its docstring).
+   whole corpus. Flagged: logits above the valley of the corpus' logits (Otsu), never inside the bulk of
+   held-out clean images (:func:`sslguard.detectors.base.classifier_cut`, shared with PoisonCAM). The
+   paper's cut, probability 0.5, flagged none of the planted or quickstart poisons while ranking them
+   first (AUROC 1.00 and 0.95). Nothing is flagged when the top windows do not pull, at their median,
+   ``paste_rate`` of the test images they are pasted on into their cluster: the search then found no
+   trigger (an encoder that learned none), and cutting the logits' tail would remove clean images.
 
 Limits: PatchSearch assumes a *patch* trigger. Blend, CTRL and WaNet triggers are global: no window
 carries them, so the search finds no flipping window and the classifier learns nothing useful. A
@@ -38,7 +42,7 @@ import torch
 
 from sslguard.cam import cluster_cam, window_size
 from sslguard.cluster import ClusterResult
-from sslguard.detectors.base import DetectionResult, register_detector
+from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector
 from sslguard.detectors.poisoncam import _Corpus, prepare_embeddings_and_clusters
 from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, train_poison_classifier
 
@@ -65,6 +69,8 @@ def patchsearch(
     n_top_windows: int = 20,
     classifier_images: int = 2000,
     classifier_epochs: int = 4,
+    paste_rate: float = 0.5,
+    z: float = 3.5,
     batch_size: int = 256,
     image_size: int | None = None,
     seed: int = 0,
@@ -83,6 +89,11 @@ def patchsearch(
         n_top_windows: top-scored windows the poison classifier is trained on.
         classifier_images: clean images (from the clusters dropped first) the classifier is trained on.
         classifier_epochs: passes over them.
+        paste_rate: the evidence bar: the top windows must, at their median, pull at least this share of
+            the test images from other clusters into theirs (as PoisonCAM's paste check); below it the
+            search found no trigger and nothing is flagged.
+        z: robust z of the held-out clean images' MAD bound that the flag threshold never goes under
+            (:func:`sslguard.detectors.base.classifier_cut`).
 
     Scores: the classifier's logit for every image (higher = more suspicious); evidence ``box`` is the
     Grad-CAM window, ``cluster`` the k-means cluster, ``poison_score`` the flip count (-1 = not scored).
@@ -174,9 +185,21 @@ def patchsearch(
         timings["classifier_s"] = time.perf_counter() - t
     finally:
         backbone.train(was_training)
-    flagged = scores > 0.0  # logit 0 = probability 0.5: the classifier's own decision boundary
+    # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
+    # does not. Below the bar the search ended on a cluster without a trigger (an encoder that learned
+    # none): the logits still rank, but nothing is flagged.
+    n_outside = {c: int((test_cluster != c).sum()) for c in np.unique(assign[top])} if len(top) else {}
+    top_rates = np.asarray([poison_score[p] / max(1, n_outside[assign[p]]) for p in top], dtype=np.float64)
+    top_rate = float(np.median(top_rates)) if len(top_rates) else 0.0
+    threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
+    found = top_rate >= paste_rate
+    flagged = scores > threshold if found else np.zeros(n, dtype=bool)
     timings["total_s"] = time.perf_counter() - t_start
     info: dict[str, Any] = {
+        "evidence": f"trigger windows (median pull rate {top_rate:.2f})" if found else
+        f"none: the top windows pull a median {top_rate:.2f} of pasted images (< {paste_rate}), nothing is flagged",
+        "top_window_pull_rate": top_rate,
+        "cut": cut_info,
         "final_cluster": remaining,
         "pruned_order": pruned_order,
         "rounds": rounds,
@@ -190,9 +213,10 @@ def patchsearch(
                    "samples_per_round": samples_per_round, "prune_fraction": prune_fraction,
                    "final_samples": final_samples, "n_top_windows": n_top_windows,
                    "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
+                   "paste_rate": paste_rate, "z": z,
                    "batch_size": batch_size, "image_size": image_size},
     }
     log.info("patchsearch: final cluster %s, flagged %d of %d in %.1fs", remaining, int(flagged.sum()), n,
              timings["total_s"])
-    return DetectionResult("patchsearch", np.asarray(dataset.keys), scores, flagged, 0.0,
+    return DetectionResult("patchsearch", np.asarray(dataset.keys), scores, flagged, float(threshold),
                            {"box": boxes, "cluster": assign.copy(), "poison_score": poison_score}, info)
