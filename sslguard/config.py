@@ -465,7 +465,7 @@ class DetectorsConfig:
     classifier trained on the labeled corpus (skipped on unlabeled data). ``params.<detector>`` holds
     that detector's keyword arguments (checked against its signature)."""
 
-    ssl: list[str] = field(default_factory=lambda: ["poisoncam", "patchsearch"])  # need the encoder + clusters
+    ssl: list[str] = field(default_factory=lambda: ["poisoncam", "patchsearch", "density"])  # need the encoder + clusters
     classifier: list[str] = field(default_factory=lambda: ["activation_clustering", "spectral"])  # need labels
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {poisoncam: {z: 3.0}}
     batch_size: int = 256

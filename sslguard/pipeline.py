@@ -642,18 +642,34 @@ class Pipeline:
         from sslguard.knn import extract_features, knn_accuracy
 
         cfg = self.cfg
-        bank = unpoisoned(data.train)
+        bank, test, source = unpoisoned(data.train), data.test, "test split"
+        if test is None or not test.has_labels:
+            bank, test = self._held_out_bank(data)
+            source = f"{len(test)} clean corpus images held out of the kNN bank (no labelled test split)"
         kw = dict(image_size=cfg.data.image_size, batch_size=cfg.embed.batch_size)
-        rates = triggered_target_rate(backbone, bank, data.test, data.attack, data.attack.target, seed=cfg.seed, **kw)
+        rates = triggered_target_rate(backbone, bank, test, data.attack, data.attack.target, seed=cfg.seed, **kw)
         out = rates.to_dict()
         ftr, ltr, _ = extract_features(backbone, bank, **kw)
-        fte, lte, _ = extract_features(backbone, data.test, **kw)
+        fte, lte, _ = extract_features(backbone, test, **kw)
         out["knn_accuracy"] = knn_accuracy(ftr, ltr, fte, lte)
+        out["test_images"] = source
         return out
 
+    def _held_out_bank(self, data: DataBundle, share: float = 0.2, cap: int = 2000):
+        """Without a labelled test split: a seeded ``share`` (at most ``cap``) of the corpus images that no
+        attack touched, outside the target class, is the test set; the rest of the unpoisoned corpus is the
+        kNN bank. An image is never its own neighbour, so the check still reads what the encoder learned."""
+        clean = unpoisoned(data.train)
+        truth = data.truth
+        ok = np.flatnonzero((np.asarray(clean.labels) != data.attack.target) & ~truth)
+        rng = np.random.default_rng([self.cfg.seed, 8])
+        pick = np.sort(rng.choice(ok, size=min(cap, max(1, int(share * len(ok)))), replace=False))
+        rest = np.setdiff1d(np.arange(len(clean)), pick)
+        return clean.subset(rest), clean.subset(pick)
+
     def backdoor_possible(self, data: DataBundle) -> bool:
-        return (data.attack is not None and data.test is not None and data.test.has_labels
-                and data.train.has_labels)
+        # without a labelled test split the check holds out clean corpus images (``_held_out_bank``)
+        return data.attack is not None and data.train.has_labels and data.truth is not None
 
     def stage_backdoor(self, data: DataBundle, backbone) -> dict[str, Any] | None:
         cfg, rd = self.cfg, self.rd

@@ -194,3 +194,23 @@ def test_package_import_is_light():
             "print(heavy); assert not heavy; assert callable(sslguard.detect) and sslguard.DetectConfig")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_backdoor_check_without_a_test_split_holds_out_clean_corpus_images(tmp_path):
+    """No labelled test split (an image folder, say): the learned-or-not check still runs, on clean corpus
+    images outside the target class held out of the kNN bank, and says so."""
+    from sslguard.pipeline import Pipeline
+
+    cfg = load_detect_config(ROOT / "configs" / "quickstart.yaml", ["ssl.epochs=1", "data.test_split=null"],
+                             name="noheldout", output_dir=str(tmp_path), extra_attack=None,
+                             detectors={"ssl": ["density"], "classifier": []}, fusion={"detectors": None})
+    p = Pipeline(cfg, quiet=True)
+    data = p.stage_data()
+    assert data.test is None and p.backdoor_possible(data)
+    bank, test = p._held_out_bank(data)
+    assert len(bank) + len(test) == len(data.train)
+    assert not set(test.keys.tolist()) & set(bank.keys.tolist())
+    assert not data.truth[np.isin(data.keys, test.keys)].any()
+    assert (np.asarray(test.labels) != cfg.attack.target).all()
+    out = p.stage_backdoor(data, p.stage_encoder(data))
+    assert out["before"] is not None and "held out" in out["before"]["test_images"], out

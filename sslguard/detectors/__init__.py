@@ -8,6 +8,7 @@ from sslguard.detectors.base import DETECTORS, DetectionResult, get_detector, li
 _BUILTIN = (
     "poisoncam",
     "patchsearch",
+    "density",
     "activation_clustering",
     "heatmap_clustering",
     "critical_layer",

@@ -136,7 +136,8 @@ class _RawNum(_Raw):
 
 
 METRIC_COLUMNS = [("n_flagged", "flagged"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
-                  ("fpr", "FPR"), ("auroc", "AUROC"), ("toptrue_precision", "precision@#poisons")]
+                  ("fpr", "FPR"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"),
+                  ("top20_precision", "precision@20"), ("toptrue_precision", "precision@#poisons")]
 
 
 def render_html(c: ReportContent) -> str:
