@@ -86,6 +86,24 @@ def planted_patch_encoder_case(*, target: int = 3, rate: float = 0.5, trigger_si
     return PlantedEncoderCase(pds, manifest, backbone.eval(), truth)
 
 
+def embed_and_cluster(backbone: torch.nn.Module, dataset, k: int = PLANTED_ENCODER_K, seed: int = 0):
+    """``(normalised embeddings, k-means clusters)`` of ``dataset`` under ``backbone``, as the pipeline makes them."""
+    from sslguard.cluster import kmeans
+    from sslguard.embed import embed_dataset
+
+    _, emb = embed_dataset(backbone, dataset, normalize=True, progress=False)
+    return emb, kmeans(emb, k, seed=seed)
+
+
+def untrained_encoder_case(seed: int = 0):
+    """The planted corpus under a randomly initialised encoder (``(case, backbone, embeddings, clusters)``):
+    an encoder that learned no trigger, on which a detector must flag nothing."""
+    case = planted_patch_encoder_case(seed=0)
+    torch.manual_seed(seed)
+    backbone = create_backbone("convnet4", width=16).eval()
+    return (case, backbone, *embed_and_cluster(backbone, case.dataset))
+
+
 @dataclass
 class PlantedClassifierCase:
     """A trained classifier on a poisoned training set, with its ground truth."""

@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
-import torch
 
-from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case
+from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case, untrained_encoder_case
 from sslguard.cluster import kmeans
 from sslguard.detectors import get_detector
 from sslguard.embed import embed_dataset
 from sslguard.metrics import detection_metrics
-from sslguard.models import create_backbone
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +49,7 @@ def test_patchsearch_validates_prune_fraction(case):
 def test_an_encoder_that_learned_no_trigger_flags_nothing(seed):
     """A randomly initialised encoder learned nothing: its best windows pull few pasted images, so the
     search found no trigger and the corpus is not cut (the logits still rank)."""
-    c = planted_patch_encoder_case(seed=0)
-    torch.manual_seed(seed)
-    backbone = create_backbone("convnet4", width=16).eval()
-    _, emb = embed_dataset(backbone, c.dataset, normalize=True, progress=False)
-    clusters = kmeans(emb, PLANTED_ENCODER_K, seed=0)
+    c, backbone, emb, clusters = untrained_encoder_case(seed)
     res = get_detector("patchsearch")(backbone=backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
                                       test_per_cluster=4, samples_per_round=3, final_samples=12, n_top_windows=8,
                                       classifier_images=300, classifier_epochs=3, seed=0)

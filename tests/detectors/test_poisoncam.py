@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
-import torch
 
-from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case
+from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case, untrained_encoder_case
 from sslguard.cluster import kmeans
 from sslguard.detectors import get_detector
 from sslguard.embed import embed_dataset
 from sslguard.metrics import detection_metrics
-from sslguard.models import create_backbone
 
 
 def _planted(seed):
@@ -141,11 +139,7 @@ def test_an_encoder_that_learned_no_trigger_flags_nothing(seed):
     """A randomly initialised encoder: no cluster's windows pull other images in (paste rates at most
     0.27 measured, against 0.75-0.99 for trigger clusters), so nothing is confirmed and nothing flagged,
     where the old screen cut the MAD tail of every corpus."""
-    c = planted_patch_encoder_case(seed=0)
-    torch.manual_seed(seed)
-    backbone = create_backbone("convnet4", width=16).eval()
-    _, emb = embed_dataset(backbone, c.dataset, normalize=True, progress=False)
-    clusters = kmeans(emb, PLANTED_ENCODER_K, seed=0)
+    c, backbone, emb, clusters = untrained_encoder_case(seed)
     res = get_detector("poisoncam")(backbone=backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
                                     n_probe=8, n_null=48, classifier_images=300, classifier_epochs=3, seed=0)
     assert res.info["mode"] == "screen_only" and res.info["confirmed_clusters"] == []
