@@ -58,11 +58,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     wall = time.perf_counter() - t0
     s = result.summary
+    notes = sorted(s.get("notices", []), key=lambda n: n["level"] != "warn")  # warnings first
+    for note in notes:
+        if note["level"] == "warn":
+            print(f"WARNING: {note['text']}")
     print(f"report: {result.report_path}")
     print(f"{s['n_flagged']} of {s['n_images']} images flagged; clean list: {result.paths['clean_indices.txt']}"
           + (f" and {result.paths['clean_manifest.txt']}" if "clean_manifest.txt" in result.paths else ""))
-    for note in s.get("notices", []):
-        print(f"{note['level']}: {note['text']}")
+    for note in notes:
+        if note["level"] != "warn":
+            print(f"{note['level']}: {note['text']}")
     if result.metrics:
         w = max(len(n) for n in result.metrics)
         per_attack = sorted({k for m in result.metrics.values() for k in m if k.startswith("recall_")})

@@ -514,10 +514,20 @@ class FusionConfig:
     flag: str = "any"  # any | majority | all | fused
     fused_quantile: float = 0.95  # with flag=fused: flag images above this quantile of the fused score
     detectors: Optional[list[str]] = None  # detectors that take part; null = every detector that ran
+    # A detector whose flags are implausible (sslguard.plausibility) is named in a warning and does not vote:
+    # over max_share of the corpus, or flags in over max_class_share of the classes. A fifth, because no
+    # benchmark case here poisons more than 10% of a corpus and one runaway detector removed 49% of a held-out
+    # MNIST corpus under "any"; half the classes, because an all-to-one backdoor's poisons share one label.
+    # null switches a rule off (all-to-all attacks, mostly poisoned corpora).
+    max_share: Optional[float] = 0.2
+    max_class_share: Optional[float] = 0.5
 
     def validate(self, key: str = "fusion") -> None:
         _check(self.method in ("rank_mean", "max_norm"), f"{key}.method", "choose rank_mean or max_norm")
         _check(self.flag in ("any", "majority", "all", "fused"), f"{key}.flag", "choose any, majority, all or fused")
+        for name in ("max_share", "max_class_share"):
+            v = getattr(self, name)
+            _check(v is None or 0.0 < v <= 1.0, f"{key}.{name}", "must be in (0, 1] or null")
         _check(0.0 < self.fused_quantile < 1.0, f"{key}.fused_quantile", "must be in (0, 1)")
 
 

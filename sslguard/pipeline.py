@@ -332,11 +332,13 @@ def normalised_scores(scores: np.ndarray, method: str) -> np.ndarray:
     return out
 
 
-def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", fused_quantile: float = 0.95):
+def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", fused_quantile: float = 0.95,
+         no_vote: Sequence[str] = ()):
     """Combine aligned detection results into one :class:`DetectionResult` named ``fused``.
 
     See the module docstring for ``method`` and ``flag``. With one detector the fused flags are that
-    detector's flags (for ``any``/``majority``/``all``).
+    detector's flags (for ``any``/``majority``/``all``). Detectors named in ``no_vote`` (implausible flag
+    sets, :mod:`sslguard.plausibility`) enter the fused score but not the vote.
     """
     from sslguard.detectors.base import DetectionResult
 
@@ -348,21 +350,23 @@ def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", f
             raise ValueError(f"{r.name}: not aligned with {results[0].name}")
     norm = np.stack([normalised_scores(r.scores, method) for r in results])
     fused = norm.mean(0) if method == "rank_mean" else norm.max(0)
-    votes = np.stack([r.flagged for r in results]).sum(0)
+    voters = [r for r in results if r.name not in set(no_vote)]
+    votes = np.stack([r.flagged for r in voters]).sum(0) if voters else np.zeros(len(index), dtype=np.int64)
     threshold = float("nan")
     if flag == "any":
         flagged = votes >= 1
     elif flag == "all":
-        flagged = votes == len(results)
+        flagged = votes == len(voters) if voters else np.zeros(len(index), dtype=bool)
     elif flag == "majority":
-        flagged = votes * 2 > len(results)
+        flagged = votes * 2 > len(voters)
     elif flag == "fused":
         threshold = float(np.quantile(fused, fused_quantile))
         flagged = fused > threshold
     else:
         raise ValueError(f"fusion.flag: choose any, majority, all or fused, not {flag!r}")
     return DetectionResult("fused", index, fused, flagged, threshold, {"votes": votes},
-                           {"method": method, "flag": flag, "detectors": [r.name for r in results]})
+                           {"method": method, "flag": flag, "detectors": [r.name for r in results],
+                            "voters": [r.name for r in voters]})
 
 
 # ----------------------------------------------------------------------------------------- pipeline
@@ -701,7 +705,8 @@ class Pipeline:
         names = [n for n in (f.detectors or list(detections)) if n in detections]
         if not names:
             raise ValueError("fusion: none of the detectors in fusion.detectors ran")
-        fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile)
+        no_vote = self._implausible(data, detections, names)
+        fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile, no_vote=no_vote)
         fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections])
         truth = data.truth
         files = ["scores.csv", "flagged.txt", "clean_indices.txt"]
@@ -727,6 +732,25 @@ class Pipeline:
 
         rd.run("fuse", fp, files, compute)
         return fused
+
+    def _implausible(self, data: DataBundle, detections: dict[str, Any], voting: Sequence[str]) -> list[str]:
+        """Warn (first, in words) about every detector whose flags are implausible; those among ``voting``
+        are returned so that they do not vote in the fused flags."""
+        from sslguard.plausibility import implausible_flags
+
+        f = self.cfg.fusion
+        labels = np.asarray(data.train.labels) if data.train.has_labels else None
+        out = []
+        for name, r in detections.items():
+            why = implausible_flags(r.flagged, labels, max_share=f.max_share, max_class_share=f.max_class_share)
+            if why is None:
+                continue
+            role = "it does not vote in the fused flags" if name in voting else "it is not in the fused flags"
+            self.notice(f"implausible flags from {name}: {why}; {role} (fusion.max_share / "
+                        f"fusion.max_class_share)", "warn")
+            if name in voting:
+                out.append(name)
+        return out
 
     def stage_retrain(self, data: DataBundle, fused, backdoor: dict[str, Any] | None) -> dict[str, Any] | None:
         """Train the encoder again on the clean manifest; compare backdoor and kNN numbers before/after."""

@@ -209,16 +209,18 @@ def _content(pipe, data, detections, fused, metrics, backdoor, retrain, classifi
     labels = np.asarray(data.train.labels)
     paths = data.paths()
     n, n_flag = summary["n_images"], summary["n_flagged"]
-    notices = [H.Notice(t, lvl) for lvl, t in pipe.notices]
     if truth is not None and "fused" in metrics:
         m = metrics["fused"]
-        notices.insert(0, H.Notice(
+        headline = H.Notice(
             f"{n_flag:,} of {n:,} images flagged; {int(m['n_poisoned'])} were poisoned. "
             f"Flagged set: precision {m['precision']:.2f}, recall {m['recall']:.2f}.",
-            "ok" if m["recall"] >= 0.5 else "warn"))
+            "ok" if m["recall"] >= 0.5 else "warn")
     else:
-        notices.insert(0, H.Notice(f"{n_flag:,} of {n:,} images flagged; {n - n_flag:,} kept in the clean manifest. "
-                                   "No ground truth: no detection metrics.", "info"))
+        headline = H.Notice(f"{n_flag:,} of {n:,} images flagged; {n - n_flag:,} kept in the clean manifest. "
+                            "No ground truth: no detection metrics.", "info")
+    # warnings first (a runaway detector, an encoder that learned nothing), then the headline, then the rest
+    notices = ([H.Notice(t, lvl) for lvl, t in pipe.notices if lvl == "warn"] + [headline]
+               + [H.Notice(t, lvl) for lvl, t in pipe.notices if lvl != "warn"])
 
     rows: list[tuple[str, Any]] = [
         ("dataset", f"{cfg.data.name}" + (f" ({data.root})" if data.root else "") + f", split {cfg.data.split}"),
