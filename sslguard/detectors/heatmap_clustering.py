@@ -157,6 +157,7 @@ def heatmap_clustering(
     reference=None,
     reference_heatmaps: np.ndarray | None = None,
     reference_alpha: float = 0.05,
+    reference_tolerance: float = 0.25,
     batch_size: int = 128,
     accelerator=None,
     image_size: int | None = None,
@@ -187,7 +188,7 @@ def heatmap_clustering(
         heatmaps, labels, reduce=reduce, n_components=n_components, decision=decision, size_threshold=size_threshold,
         silhouette_threshold=silhouette_threshold, outlier_z=outlier_z, poison_cluster=poison_cluster,
         reference=reference_heatmaps if reference is not None else None, reference_labels=ref_labels,
-        reference_alpha=reference_alpha, seed=seed)
+        reference_alpha=reference_alpha, reference_tolerance=reference_tolerance, seed=seed)
     info = {"per_class": per_class, "rule": rule, "heatmap_size": heatmap_size, "reduce": reduce,
             "decision": decision, "poison_cluster": poison_cluster, "size_threshold": size_threshold,
             "silhouette_threshold": silhouette_threshold, "outlier_z": outlier_z,
