@@ -419,7 +419,11 @@ class EmbedConfig:
 class DetectClusterConfig:
     """FAISS k-means of the embeddings (sslguard.cluster.kmeans), shared by the SSL-stage detectors."""
 
-    k: int = 10  # clusters; capped at the number of images
+    # clusters; capped at the number of images. Twice a 10-class corpus' classes: k must exceed the natural groups
+    # (classes, classes with two modes, one trigger group per attack), or k-means merges the trigger group
+    # into its clean twin and whether it does flips with the CPU's float order (quickstart at k=10: isolated
+    # on AVX-512 kernels, merged on SSE4.1; planted encoder: merged up to k=12, isolated from 13 on).
+    k: int = 20
     niter: int = 25
     nredo: int = 1
     use_gpu: Optional[bool] = None  # None: GPU when faiss-gpu sees one

@@ -60,7 +60,7 @@ def patchsearch(
     dataset,
     embeddings: np.ndarray | None = None,
     clusters: ClusterResult | None = None,
-    k: int = 10,
+    k: int = 20,
     window_fraction: float = 0.375,
     test_per_cluster: int = 16,
     samples_per_round: int = 8,

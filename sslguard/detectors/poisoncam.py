@@ -56,7 +56,8 @@ a 10 px trigger on 32 px images, k=10, n_probe=12, n_null=64): ``window_fraction
 AUROC 0.99); a 16 px window erased half of every clean digit too, so no cluster stood out (nothing
 confirmed, F1 0.49 / AUROC 0.69). A window of side w on a stride s fully covers any trigger of side
 <= w - s + 1, so the default fully erases triggers up to 9 px of 32 and at least 9x9 of a 12 px one.
-``k=10``: CIFAR-10's class count; with an encoder that had learned the 12x12 CIFAR trigger, one of
+``k=20`` (used when no clusters are passed; the pipeline's ``cluster.k``, see its comment): above
+the natural groups of a 10-class corpus. At ``k=10``, with an encoder that had learned the 12x12 CIFAR trigger, one of
 the k=10 clusters had 489 members, 482 of them poisons (an earlier measurement in this project).
 ``z=3.5``: the usual MAD outlier cut (Iglewicz & Hoaglin) for single images. Confirmation by the
 masking z alone (``confirm_z``, 3.5 before the paste check) was fragile, and no fixed value separated
@@ -205,7 +206,7 @@ def poisoncam(
     dataset,
     embeddings: np.ndarray | None = None,
     clusters: ClusterResult | None = None,
-    k: int = 10,
+    k: int = 20,
     window_fraction: float = 0.375,
     stride_fraction: float = 0.125,
     fill: str = "context",
