@@ -39,10 +39,10 @@ def planted():
 
 def test_finetune_on_clean_data_lowers_asr(planted):
     original = {k: v.clone() for k, v in planted["model"].state_dict().items()}
-    # Half the clean training images: with a fifth, the ASR after 4 epochs ranged 0.0-0.9 over seeds and
-    # CPU kernel sets (lr 0.05 first wrecks the model, then it relearns with or without the backdoor);
-    # with half it was at most 0.13 at seeds 0-2 on SSE4.1 and AVX-512 kernels.
-    res = finetune(planted["model"], planted["train"], planted["test"], planted["attack"], fraction=0.5, epochs=4,
+    # All the clean training images: with a fifth (or half), the ASR after 4 epochs ranged 0.0-0.9 (0.0-0.45)
+    # over seeds and CPU kernel sets (lr 0.05 first wrecks the model, then it relearns with or without the
+    # backdoor); with all of them it was at most 0.17 at seeds 0-2 on SSE4.1, AVX2 and AVX-512 kernels.
+    res = finetune(planted["model"], planted["train"], planted["test"], planted["attack"], fraction=1.0, epochs=4,
                    lr=0.05, seed=0)
     assert isinstance(res, FinetuneResult)
     assert len(res.epochs) == len(res.clean_acc) == len(res.asr) == len(res.loss) == 5
