@@ -52,7 +52,7 @@ def encoder_rows(seeds):
         rates = {int(k): v["paste_rate"] for k, v in r.info["cluster_stats"].items()}
         trig = [rates[int(t)] for t in holding if int(t) in rates]
         clean = [v for k, v in rates.items() if k not in set(holding.tolist())]
-        rows.append([seed, *purity, f"{min(trig):.2f}", f"{max(clean):.2f}", r.info["confirmed_clusters"]])
+        rows.append([seed, *purity, " / ".join(f"{v:.2f}" for v in trig), f"{max(clean):.2f}", r.info["confirmed_clusters"]])
     return rows
 
 
@@ -108,9 +108,11 @@ def main(argv=None) -> int:
              f"{' '.join(argv or sys.argv[1:])}`; oneDNN ISA limit: {isa}; torch CPU capability: "
              f"{torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}.\n"]
     parts.append("## 1. Planted encoder: poisons in clusters of their own, PoisonCAM paste rates\n\n" + table(
-        ["seed", "k=10", "k=12", f"k={PLANTED_ENCODER_K}", "min trigger paste", "max clean paste", "confirmed"],
+        ["seed", "k=10", "k=12", f"k={PLANTED_ENCODER_K}", "trigger clusters' paste", "max clean paste", "confirmed"],
         encoder_rows(args.seeds)) + "\n\n(pure/MERGED: every cluster holding poisons is >95% poisons, and how many "
-        f"clusters hold them; paste rates at k={PLANTED_ENCODER_K}, the confirmation bar is 0.5.)\n")
+        f"clusters hold them; paste rates at k={PLANTED_ENCODER_K}, the confirmation bar is 0.5. Where the poisons "
+        "split over two clusters, one may not pull (its windows are not the trigger's); the other is confirmed and "
+        "the poison classifier finds the members of both.)\n")
     print(parts[-1], flush=True)
     parts.append("## 2. Planted classifier: class statistics and the activation split\n\n" + table(
         ["seed", "ASR", "clean acc", "spectral z target / max clean (no ref)", "spectral z (ref)",

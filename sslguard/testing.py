@@ -12,7 +12,8 @@ tests therefore also run these cases at several seeds and assert the margins the
   a ConvNet trained on it.
 
 Both train for seconds on one CPU thread and are cached per arguments within a process, so callers
-must not modify what they return.
+must not modify what they return. Their measured margins, per seed and kernel set: ``benchmarks/margins.md``
+(``python benchmarks/margins.py``).
 """
 
 from __future__ import annotations
