@@ -42,8 +42,9 @@ def knn_distance(embeddings: np.ndarray, k: int, batch_size: int = 4096) -> np.n
     """Cosine distance of every (L2-normalised) row to its ``k``-th nearest other row (FAISS, exact)."""
     import faiss
 
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = np.asarray(embeddings, dtype=np.float32)
+    # a new array: the caller's embeddings (shared with the other detectors, possibly read-only) stay as given
+    x = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     kk = min(k + 1, len(x))  # the row itself is its own nearest neighbour
