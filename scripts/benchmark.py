@@ -2,14 +2,15 @@
 
     python scripts/benchmark.py ssl --minutes 10 --n-train 10000
     python scripts/benchmark.py ssl --minutes 1 --n-train 2000 --output benchmarks/ssl_quick.md
-    python scripts/benchmark.py repair --config configs/repair_cifar10.yaml --threads 1
-    python scripts/benchmark.py detect --config configs/cifar10_detect.yaml --threads 1
+    python scripts/benchmark.py repair --config benchmarks/configs/repair_cifar10.yaml --threads 1
+    python scripts/benchmark.py detect --config benchmarks/configs/cifar10_detect.yaml --threads 1
     python scripts/benchmark.py gpu-pack                       # then, on the lent GPU (benchmarks/encoders/README.md):
     python scripts/benchmark.py gpu-encoder --output $OUT --budget-s 400
 
 To add a benchmark: write ``add_<name>(subparsers)`` that adds a parser and sets ``func`` to a
-function taking the parsed args (it calls the library in ``sslguard.bench``), and list it in
-``SUBCOMMANDS``.
+function taking the parsed args (it calls the benchmark code in the ``benchmarks`` package beside the
+results), and list it in ``SUBCOMMANDS``. Run it from anywhere: it puts the repository root on
+``sys.path`` so that ``benchmarks`` imports (``sslguard`` is the installed package).
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def _run_ssl(args: argparse.Namespace) -> int:
-    from sslguard.bench.ssl import run_ssl_benchmark
+    from benchmarks.ssl_training import run_ssl_benchmark
 
     res = run_ssl_benchmark(
         minutes=args.minutes, n_train=args.n_train, batch_size=args.batch_size, backbones=args.backbones,
@@ -65,7 +71,7 @@ def add_ssl(sub) -> None:
 
 
 def _run_classifier(args: argparse.Namespace) -> int:
-    from sslguard.bench.classifier import run_classifier_benchmark
+    from benchmarks.classifier import run_classifier_benchmark
 
     res = run_classifier_benchmark(
         scenarios=args.scenarios, n_per_class=args.n_per_class, n_eval_per_class=args.n_eval_per_class,
@@ -114,8 +120,8 @@ def add_classifier(sub) -> None:
 def _run_repair(args: argparse.Namespace) -> int:
     import torch
 
-    from sslguard.bench.repair import run_repair_benchmark
-    from sslguard.config import RepairConfig, load_config
+    from benchmarks.repair import RepairConfig, run_repair_benchmark
+    from sslguard.config import load_config
 
     cfg = load_config(RepairConfig, args.config, args.overrides)
     if args.threads is not None:
@@ -129,7 +135,7 @@ def _run_repair(args: argparse.Namespace) -> int:
 
 def add_repair(sub) -> None:
     p = sub.add_parser("repair", help="trigger persistence per regulariser; clean fine-tuning vs l-inf pruning")
-    p.add_argument("--config", default=None, help="YAML (sslguard.config.RepairConfig), e.g. configs/repair_cifar10.yaml")
+    p.add_argument("--config", default=None, help="YAML (benchmarks.repair.RepairConfig), e.g. benchmarks/configs/repair_cifar10.yaml")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); use 1 on a shared machine, where more threads contend")
     p.add_argument("--progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. epochs=3 sections=[repair]")
@@ -139,7 +145,7 @@ def add_repair(sub) -> None:
 def _run_detect(args: argparse.Namespace) -> int:
     import torch
 
-    from sslguard.bench.detect import BenchConfig, run_detect_benchmark
+    from benchmarks.detect import BenchConfig, run_detect_benchmark
     from sslguard.config import load_config
 
     cfg = load_config(BenchConfig, args.config, args.overrides)
@@ -151,14 +157,14 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 def add_detect(sub) -> None:
     p = sub.add_parser("detect", help="PoisonCAM vs PatchSearch on poisoned CIFAR-10 (SSL encoder), time and memory")
-    p.add_argument("--config", default=None, help="YAML (sslguard.bench.detect.BenchConfig), e.g. configs/cifar10_detect.yaml")
+    p.add_argument("--config", default=None, help="YAML (benchmarks.detect.BenchConfig), e.g. benchmarks/configs/cifar10_detect.yaml")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); use 1 on a shared machine, where more threads contend")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. settings=[htba12_50] scale=false")
     p.set_defaults(func=_run_detect)
 
 
 def _run_gpu_pack(args: argparse.Namespace) -> int:
-    from sslguard.bench.gpu import pack_cifar10
+    from benchmarks.gpu import pack_cifar10
 
     path = pack_cifar10(args.output, root=args.cifar_root, n_test=args.n_test, seed=args.seed)
     print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
@@ -175,7 +181,7 @@ def add_gpu_pack(sub) -> None:
 
 
 def _run_gpu_encoder(args: argparse.Namespace) -> int:
-    from sslguard.bench.gpu import train_reference_encoder
+    from benchmarks.gpu import train_reference_encoder
 
     rep = train_reference_encoder(args.pack, args.output, setting=args.setting, method=args.method,
                                   backbone=args.backbone, width=args.width, batch_size=args.batch_size,
@@ -191,7 +197,7 @@ def add_gpu_encoder(sub) -> None:
     p = sub.add_parser("gpu-encoder", help="train a backdoored reference encoder for a time budget (on the lent GPU)")
     p.add_argument("--pack", default=".devdata/cifar10_pack.npz", help="file written by gpu-pack")
     p.add_argument("--output", required=True, help="folder for the encoder, its parts and its JSON")
-    p.add_argument("--setting", default="htba_50", help="a setting of sslguard.bench.detect.SETTINGS")
+    p.add_argument("--setting", default="htba_50", help="a setting of benchmarks.detect.SETTINGS")
     p.add_argument("--method", default="byol", choices=["simclr", "byol"])
     p.add_argument("--backbone", default="cifar_resnet18")
     p.add_argument("--width", type=int, default=64)

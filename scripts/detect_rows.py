@@ -1,6 +1,6 @@
 """Metric rows from the per-detector files of a detect-benchmark run stopped before its table.
 
-``sslguard.bench.detect.run_detect_benchmark`` writes ``<detector>_scores.csv`` and ``_info.json`` per
+``benchmarks.detect.run_detect_benchmark`` writes ``<detector>_scores.csv`` and ``_info.json`` per
 detector as it goes, but its table only at the end of a setting; on a slow CPU (a ResNet-18 encoder) a run
 may be stopped before that. This recomputes the rows with the benchmark's own metric code against the
 same seeded poisoning:
@@ -15,13 +15,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks package sits at the repository root
+    sys.path.insert(0, str(ROOT))
+
 
 def main(argv=None) -> int:
-    from sslguard.bench.detect import poisoned_cifar10
+    from benchmarks.detect import poisoned_cifar10
     from sslguard.metrics import detection_metrics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

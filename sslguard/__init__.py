@@ -1,9 +1,9 @@
 """sslguard: find backdoor-poisoned images in (self-supervised) training corpora.
 
     import sslguard
-    result = sslguard.detect("configs/quickstart.yaml")                  # a config file
+    result = sslguard.detect("quickstart")          # a shipped config by name, or a YAML path
     result = sslguard.detect(data={"name": "imagefolder", "root": "photos/"}, attack=None, name="photos")
-    result = sslguard.detect("configs/quickstart.yaml", overrides=["ssl.epochs=2"])
+    result = sslguard.detect("quickstart", overrides=["ssl.epochs=2"])
     result.report_path, result.metrics["poisoncam"]["recall"], result.clean_indices
 
 Importing the package is light: the names below are loaded on first use (torch, faiss and matplotlib

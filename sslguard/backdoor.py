@@ -23,7 +23,7 @@ from PIL import Image
 
 from sslguard.data.datasets import IndexedDataset
 from sslguard.knn import extract_features, knn_predict
-from sslguard.train.augment import DEFAULT_MEAN, DEFAULT_STD
+from sslguard.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict as _lightly_knn_predict
 
-from sslguard.data.transforms import to_float
-from sslguard.train.augment import DEFAULT_MEAN, DEFAULT_STD
+from sslguard.data.transforms import DEFAULT_MEAN, DEFAULT_STD, to_float
+from sslguard.embed import extract
 
 
 def _as_tensor(x, dtype=None) -> torch.Tensor:
@@ -76,8 +76,6 @@ def extract_features(backbone: torch.nn.Module, dataset, batch_size: int = 256, 
     normalised with ``mean``/``std`` (the encoder's training normalisation). The backbone is run in
     eval mode and its previous mode is restored.
     """
-    from sslguard.embed import extract
-
     dev = torch.device(device) if device is not None else next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sslguard.data.transforms import to_float
+from sslguard.models.backbones import create_backbone
 
 
 def crop_windows(images_uint8: torch.Tensor, boxes: np.ndarray) -> list[torch.Tensor]:
@@ -48,7 +49,6 @@ class PoisonClassifier(torch.nn.Module):
 
     def __init__(self, width: int = 16):
         super().__init__()
-        from sslguard.models.backbones import create_backbone
 
         self.body = create_backbone("convnet4", width=width)
         self.head = torch.nn.Linear(self.body.feature_dim, 1)

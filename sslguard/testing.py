@@ -33,6 +33,9 @@ from sslguard.data.transforms import to_float
 from sslguard.models import create_backbone
 from sslguard.models.classifier import Classifier, build_classifier
 from sslguard.train.classifier import evaluate_classifier, train_classifier
+from sslguard.cluster import kmeans
+from sslguard.data.datasets import ArrayDataset
+from sslguard.embed import embed_dataset
 
 # k-means clusters for the planted encoder: its embedding holds 11 groups (10 digits + the triggered
 # images), so k=10 must merge two of them, and whether the trigger group was merged into a clean digit's
@@ -89,9 +92,6 @@ def planted_patch_encoder_case(*, target: int = 3, rate: float = 0.5, trigger_si
 
 def embed_and_cluster(backbone: torch.nn.Module, dataset, k: int = PLANTED_ENCODER_K, seed: int = 0):
     """``(normalised embeddings, k-means clusters)`` of ``dataset`` under ``backbone``, as the pipeline makes them."""
-    from sslguard.cluster import kmeans
-    from sslguard.embed import embed_dataset
-
     _, emb = embed_dataset(backbone, dataset, normalize=True, progress=False)
     return emb, kmeans(emb, k, seed=seed)
 
@@ -153,7 +153,6 @@ def mnist_badnets_classifier_case(mnist_dir: str, split: str = "ordered", epochs
     import gzip
     from pathlib import Path
 
-    from sslguard.data.datasets import ArrayDataset
 
     d = Path(mnist_dir)
     with gzip.open(d / "t10k-images-idx3-ubyte.gz") as f:

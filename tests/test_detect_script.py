@@ -70,7 +70,7 @@ def test_bad_config_is_one_line_naming_the_key(capsys, override, key):
 
 def test_bad_config_exits_2_without_traceback_in_a_real_process():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(ROOT / "configs" / "quickstart.yaml"),
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml"),
                            "cluster.k=zero"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

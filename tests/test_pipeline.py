@@ -177,12 +177,12 @@ def test_fusion_rules():
 
 
 def test_python_api_accepts_sections_and_reports_errors_by_key(tmp_path):
-    cfg = load_detect_config(ROOT / "configs" / "quickstart.yaml", ["ssl.epochs=2"], name="api", attack=None,
+    cfg = load_detect_config(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml", ["ssl.epochs=2"], name="api", attack=None,
                              extra_attack=None, data={"subset_per_class": 5})
     assert cfg.name == "api" and cfg.attack is None and cfg.ssl.epochs == 2
     assert cfg.data.subset_per_class == 5 and cfg.data.name == "digits"  # sections merge into the file's
     with pytest.raises(ConfigError, match=r"^extra_attack"):
-        load_detect_config(ROOT / "configs" / "quickstart.yaml", attack=None)
+        load_detect_config(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml", attack=None)
     with pytest.raises(ConfigError, match=r"^fusion\.flag"):
         load_detect_config(None, ["fusion.flag=sometimes"])
     with pytest.raises(ConfigError, match=r"^detectors\.params\.poisoncam\.nonsense"):
@@ -201,14 +201,15 @@ def test_backdoor_check_without_a_test_split_holds_out_clean_corpus_images(tmp_p
     """No labelled test split (an image folder, say): the learned-or-not check still runs, on clean corpus
     images outside the target class held out of the kNN bank, and says so."""
     from sslguard.pipeline import Pipeline
+    from sslguard.pipeline.data import held_out_bank
 
-    cfg = load_detect_config(ROOT / "configs" / "quickstart.yaml", ["ssl.epochs=1", "data.test_split=null"],
+    cfg = load_detect_config(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml", ["ssl.epochs=1", "data.test_split=null"],
                              name="noheldout", output_dir=str(tmp_path), extra_attack=None,
                              detectors={"ssl": ["density"], "classifier": []}, fusion={"detectors": None})
     p = Pipeline(cfg, quiet=True)
     data = p.stage_data()
     assert data.test is None and p.backdoor_possible(data)
-    bank, test = p._held_out_bank(data)
+    bank, test = held_out_bank(data, cfg.seed)
     assert len(bank) + len(test) == len(data.train)
     assert not set(test.keys.tolist()) & set(bank.keys.tolist())
     assert not data.truth[np.isin(data.keys, test.keys)].any()

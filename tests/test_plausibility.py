@@ -52,7 +52,7 @@ def test_the_run_warns_first_and_keeps_the_corpus(tmp_path):
     import sslguard
 
     root = Path(__file__).resolve().parents[1]
-    r = sslguard.detect(root / "configs" / "quickstart.yaml", quiet=True,
+    r = sslguard.detect(root / "sslguard" / "configs" / "detect" / "quickstart.yaml", quiet=True,
                         overrides=[f"output_dir={tmp_path}", "ssl.epochs=1", "classifier.epochs=2",
                                    "detectors.ssl=[density]", "detectors.classifier=[spectral]",
                                    "detectors.params.spectral.class_test=none",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslguard.testing import PLANTED_ENCODER_K, planted_patch_encoder_case
+from sslguard.testing import planted_patch_encoder_case
 from sslguard.cam import load_uint8
 from sslguard.metrics import detection_metrics
 from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, train_poison_classifier

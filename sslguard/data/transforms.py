@@ -65,7 +65,12 @@ def collate_uint8(batch):
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.long), torch.as_tensor(indices, dtype=torch.long)
 
 
-def to_float(images: torch.Tensor, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
+# The project's normalisation (saved in encoder metadata; augmentations, kNN and CAM use the same).
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def to_float(images: torch.Tensor, mean=DEFAULT_MEAN, std=DEFAULT_STD) -> torch.Tensor:
     """``uint8`` batch -> normalised float batch on the same device."""
     x = images.float().div_(255.0)
     m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)

@@ -13,7 +13,6 @@ _BUILTIN = (
     "heatmap_clustering",
     "critical_layer",
     "spectral",
-    "linf_pruning",
 )
 
 for _name in _BUILTIN:

@@ -19,7 +19,7 @@ import numpy as np
 
 from sslguard.utils.io import atomic_write_json, atomic_write_text
 
-DETECTORS: dict[str, Callable[..., Any]] = {}
+DETECTORS: dict[str, "DetectorSpec"] = {}
 
 
 def robust_z(values: np.ndarray, floor: float) -> np.ndarray:
@@ -77,13 +77,55 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:][np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
-def register_detector(name: str):
-    """Register a detector class or function under ``name`` (``@register_detector("poisoncam")``)."""
+# What the pipeline hands the detectors of each stage (the detector contract, written once: config
+# validation and the pipeline both read it). "benign" and "reference" are the trusted held-out split, there
+# only when the corpus has a labeled test split.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "ssl": ("backbone", "dataset", "embeddings", "clusters"),
+    "classifier": ("model", "dataset", "benign", "reference"),
+}
+# Set by the pipeline for every detector; a config may not override them.
+RUNTIME_INPUTS: tuple[str, ...] = ("accelerator", "device", "progress")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A registered detector: its function, the stage that runs it (``ssl``: encoder + clusters;
+    ``classifier``: a classifier trained on the labeled corpus) and the arguments it cannot run without."""
+
+    name: str
+    fn: Callable[..., Any]
+    stage: str
+    needs: tuple[str, ...]
+
+    def missing(self, available: dict[str, Any] | set[str], params: dict[str, Any] | None = None) -> list[str]:
+        """The needed arguments that neither ``available`` nor ``params`` provide."""
+        return [n for n in self.needs if n not in available and n not in (params or {})]
+
+    def settable(self) -> list[str]:
+        """Keyword arguments a config may set (``detectors.params.<name>``)."""
+        import inspect
+
+        # precomputed activations are a Python-only shortcut: an array has no place in a YAML config
+        fixed = set(RUNTIME_INPUTS) | {n for ins in STAGE_INPUTS.values() for n in ins} | {"activations"}
+        return [p for p in inspect.signature(self.fn).parameters if p not in fixed]
+
+
+def register_detector(name: str, stage: str):
+    """Register a detector function under ``name`` for ``stage`` (``@register_detector("poisoncam",
+    stage="ssl")``); what it needs is read from its required parameters."""
+    import inspect
+
+    if stage not in STAGE_INPUTS:
+        raise ValueError(f"stage must be one of {sorted(STAGE_INPUTS)}, got {stage!r}")
 
     def deco(obj):
         if name in DETECTORS:
             raise ValueError(f"detector {name!r} registered twice")
-        DETECTORS[name] = obj
+        sig = inspect.signature(obj)
+        needs = tuple(p for p, v in sig.parameters.items() if v.default is v.empty
+                      and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY))
+        DETECTORS[name] = DetectorSpec(name, obj, stage, needs)
         try:
             obj.name = name
         except (AttributeError, TypeError):
@@ -93,19 +135,28 @@ def register_detector(name: str):
     return deco
 
 
-def get_detector(name: str):
+def _builtins() -> None:
     from sslguard import detectors as _  # noqa: F401  (registers the built-in detectors)
 
+
+def detector_spec(name: str) -> DetectorSpec:
+    """The registry entry of ``name``; an unknown name is an error listing the known ones."""
+    _builtins()
     try:
         return DETECTORS[name]
     except KeyError:
         raise ValueError(f"unknown detector {name!r}; choose from {sorted(DETECTORS)}") from None
 
 
-def list_detectors() -> list[str]:
-    from sslguard import detectors as _  # noqa: F401
+def get_detector(name: str) -> Callable[..., Any]:
+    """The detector function registered as ``name``."""
+    return detector_spec(name).fn
 
-    return sorted(DETECTORS)
+
+def list_detectors(stage: str | None = None) -> list[str]:
+    """Registered detector names (of one ``stage`` when given), sorted."""
+    _builtins()
+    return sorted(n for n, s in DETECTORS.items() if stage is None or s.stage == stage)
 
 
 @dataclass

@@ -115,7 +115,7 @@ def critical_layer_scores(
     return scores, scores > tau, s_s, info
 
 
-@register_detector("critical_layer")
+@register_detector("critical_layer", stage="classifier")
 def critical_layer(
     model,
     dataset,

@@ -19,12 +19,20 @@ Flags: none. A dense neighbourhood is no evidence of a trigger by itself (a clas
 images is dense too), so this detector ranks and shows (report, fused score) and leaves the decision to
 the detectors that test a trigger causally (PoisonCAM's paste check, PatchSearch's pull rate).
 
-Limits: a weak signal on its own. Measured by the project's generalisation issue, ``d_k`` ranked poisons
-with AUROC 0.95 on a held-out 12 px CIFAR-10 encoder and 0.63 on the quickstart, where clean digit
-classes are as dense as the trigger cluster; on the planted encoder of the tests (a supervised encoder
-whose trigger class holds digits of every kind) the trigger group is *sparser* than the corpus (tight
-AUROC 0.34 and 0.29 at two seeds). The search is exact (``IndexFlatIP``): O(N^2 D), about a minute for 50k x 512 on two cores;
-corpora of millions need an approximate index.
+Defaults (the measurements behind each: ``benchmarks/defaults.md#density``):
+
+- ``k_neighbors=10``: k-means' smallest meaningful group here (Huang et al. use 16).
+  Evidence: benchmarks/defaults.md#density.
+- ``direction="tight"``: an SSL encoder that learned a trigger folds its poisons together.
+  Evidence: benchmarks/defaults.md#density.
+
+Limits: a weak signal on its own. Measured by the project's generalisation issue, ``d_k`` ranked the
+poisons of a held-out 12 px CIFAR-10 encoder well but those of the quickstart barely above chance,
+where clean digit classes are as dense as the trigger cluster; on the planted encoder of the tests (a
+supervised encoder whose trigger class holds digits of every kind) the trigger group is *sparser* than
+the corpus, so ``"tight"`` ranks it below chance (AUROCs: benchmarks/defaults.md#density). The search
+is exact (``IndexFlatIP``): O(N^2 D), about a minute for 50k x 512 on two cores; corpora of millions
+need an approximate index.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ def knn_distance(embeddings: np.ndarray, k: int, batch_size: int = 4096) -> np.n
     return np.maximum(out, 0.0)
 
 
-@register_detector("density")
+@register_detector("density", stage="ssl")
 def density(
     *,
     dataset,

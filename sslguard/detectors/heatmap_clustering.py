@@ -18,6 +18,14 @@ run as an ``nn.AdaptiveAvgPool2d`` module, so zennit's Norm rule redistributes r
 
 zennit is an optional extra: ``pip install sslguard[lrp]``.
 
+Defaults (the measurements behind each: ``benchmarks/defaults.md#heatmap_clustering``):
+
+- ``rule="epsilon_plus_flat"``, ``heatmap_size=16``, ``reduce="none"``: the heatmaps are clustered as
+  pooled. Evidence: benchmarks/defaults.md#heatmap_clustering.
+- the decision and cluster-choice defaults (``decision="auto"``, ``poison_cluster="auto"``,
+  ``reference_tolerance``, ...): activation clustering's. Evidence:
+  benchmarks/defaults.md#activation_clustering and benchmarks/defaults.md#heatmap_clustering.
+
 Limits: only :class:`~sslguard.models.backbones.StagedBackbone` classifiers made of ordinary conv
 stages (``convnet4``, ``cifar_resnet18``, the torchvision ResNets) are supported, not timm models.
 The clustering here is k-means with k=2 on pooled, L2-normalised heatmaps (with the decision rules of
@@ -53,8 +61,11 @@ RULES = ("epsilon_plus_flat", "epsilon_plus")
 
 
 def _require_zennit():
+    """Import zennit, or say how to install it."""
+    import importlib
+
     try:
-        import zennit  # noqa: F401
+        importlib.import_module("zennit")
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
             "heatmap_clustering needs zennit for LRP; install it with: pip install sslguard[lrp]", name="zennit"
@@ -139,7 +150,7 @@ def label_heatmaps(model, dataset, *, rule: str = "epsilon_plus_flat", heatmap_s
     return heatmaps
 
 
-@register_detector("heatmap_clustering")
+@register_detector("heatmap_clustering", stage="classifier")
 def heatmap_clustering(
     model,
     dataset,

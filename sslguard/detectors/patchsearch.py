@@ -19,9 +19,19 @@ CVPR 2023 (our own code, following the paper's algorithm):
    whole corpus. Flagged: logits above the valley of the corpus' logits (Otsu), never inside the bulk of
    held-out clean images (:func:`sslguard.detectors.base.classifier_cut`, shared with PoisonCAM). The
    paper's cut, probability 0.5, flagged none of the planted or quickstart poisons while ranking them
-   first (AUROC 1.00 and 0.95). Nothing is flagged when the top windows do not pull, at their median,
+   first. Nothing is flagged when the top windows do not pull, at their median,
    ``paste_rate`` of the test images they are pasted on into their cluster: the search then found no
    trigger (an encoder that learned none), and cutting the logits' tail would remove clean images.
+
+Defaults (the measurements behind each: ``benchmarks/defaults.md#patchsearch``):
+
+- the Otsu cut with the clean bound at ``z=3.5`` instead of the paper's probability cut.
+  Evidence: benchmarks/defaults.md#patchsearch (the cut).
+- ``paste_rate=0.5``: PoisonCAM's paste-check bar. Evidence: benchmarks/defaults.md#patchsearch (the cut).
+- ``k=20``, ``window_fraction=0.375``, ``n_top_windows=20``, ``classifier_images=2000``,
+  ``classifier_epochs=4``: shared with PoisonCAM. Evidence: benchmarks/defaults.md#poisoncam.
+- ``test_per_cluster=16``, ``samples_per_round=8``, ``prune_fraction=0.25``, ``final_samples=64``: the
+  search's sample sizes. Evidence: benchmarks/defaults.md#patchsearch (the search).
 
 Limits: PatchSearch assumes a *patch* trigger. Blend, CTRL and WaNet triggers are global: no window
 carries them, so the search finds no flipping window and the classifier learns nothing useful. A
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,7 +54,7 @@ import torch
 from sslguard.cam import cluster_cam, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector
-from sslguard.detectors.poisoncam import _Corpus, prepare_embeddings_and_clusters
+from sslguard.detectors.corpus import Corpus, prepare_embeddings_and_clusters
 from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, train_poison_classifier
 
 log = logging.getLogger(__name__)
@@ -53,7 +64,150 @@ def random_positions(rng: np.random.Generator, n: int, side: int, win: int) -> n
     return np.stack([rng.integers(0, side - win + 1, n), rng.integers(0, side - win + 1, n)], 1)
 
 
-@register_detector("patchsearch")
+@dataclass(frozen=True)
+class _TestSet:
+    """The fixed test set: the images nearest each centroid, their clusters and fixed paste positions."""
+
+    pos: np.ndarray
+    imgs: torch.Tensor
+    cluster: np.ndarray
+    at: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Search:
+    """The iterative search's outcome: flip counts (-1 = not scored) and the clusters' fate."""
+
+    poison_score: np.ndarray
+    remaining: list
+    pruned_order: list
+    rounds: int
+
+
+def _make_test_set(corpus: Corpus, clusters: ClusterResult, test_per_cluster: int, rng: np.random.Generator,
+                   side: int, win: int) -> _TestSet:
+    """Step 2: the images nearest each centroid, each with a fixed paste position."""
+    test = []
+    for c in range(clusters.k):
+        mem = clusters.members(c)
+        order = np.argsort(-clusters.distances[mem] if clusters.spherical else clusters.distances[mem], kind="stable")
+        test.append(mem[order[:test_per_cluster]])
+    test_pos = np.concatenate(test)
+    test_imgs = corpus.images(test_pos)
+    test_cluster = clusters.assignments[test_pos]
+    test_at = random_positions(rng, len(test_pos), side, win)
+    return _TestSet(test_pos, test_imgs, test_cluster, test_at)
+
+
+def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _TestSet,
+                 positions: np.ndarray) -> np.ndarray:
+    """Flip counts of the Grad-CAM windows of ``positions`` (batched: every window x every test image)."""
+    out = np.zeros(len(positions), np.int64)
+    T = len(test.pos)
+    per = max(1, corpus.batch_size // T)
+    for s in range(0, len(positions), per):
+        pos = positions[s:s + per]
+        src = corpus.images(pos)
+        pasted = []
+        for i, p in enumerate(pos):
+            x, y, w, h = (int(v) for v in boxes[p])
+            patch = src[i, :, y:y + h, x:x + w]
+            pasted.append(paste_many(test.imgs, [patch] * T, test.at))
+        with torch.no_grad():
+            new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
+        c = assign[pos][:, None]
+        out[s:s + len(pos)] = ((new == c) & (test.cluster[None, :] != c)).sum(1)
+    return out
+
+
+def _iterative_search(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray, test: _TestSet,
+                      rng: np.random.Generator, *, samples_per_round: int, prune_fraction: float,
+                      final_samples: int) -> _Search:
+    """Step 3: score samples of every remaining cluster, drop the lowest, until one cluster remains."""
+    assign = clusters.assignments
+    poison_score = np.full(len(assign), -1, np.int64)
+    remaining = [c for c in range(clusters.k) if clusters.sizes[c] > 0]
+    pruned_order: list[int] = []
+    rounds = 0
+    while True:
+        rounds += 1
+        for c in remaining:
+            unscored = np.flatnonzero((assign == c) & (poison_score < 0))
+            m = final_samples if len(remaining) == 1 else samples_per_round
+            if len(unscored):
+                pick = np.sort(rng.choice(unscored, size=min(m, len(unscored)), replace=False))
+                poison_score[pick] = _flip_counts(corpus, boxes, assign, test, pick)
+        if len(remaining) == 1:
+            break
+        best = {c: poison_score[(assign == c) & (poison_score >= 0)].max(initial=-1) for c in remaining}
+        n_drop = max(1, int(np.floor(prune_fraction * len(remaining))))
+        ranked = sorted(remaining, key=lambda c: (best[c], -c))  # lowest first; ties: higher id dropped first
+        pruned_order += ranked[:n_drop]
+        remaining = [c for c in remaining if c not in ranked[:n_drop]]
+    return _Search(poison_score, remaining, pruned_order, rounds)
+
+
+def _train_and_score(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray, search: _Search,
+                     rng: np.random.Generator, *, n_top_windows: int, classifier_images: int,
+                     classifier_epochs: int, seed: int):
+    """Step 4: the poison classifier on the top windows, applied to the corpus.
+
+    ``(logits, top positions, scored positions, clean pool, clean training positions)``."""
+    n, poison_score = len(clusters.assignments), search.poison_score
+    scored = np.flatnonzero(poison_score >= 0)
+    top = scored[np.argsort(-poison_score[scored], kind="stable")[:n_top_windows]]
+    patches = crop_windows(corpus.images(top), boxes[top])
+    # clean pool: clusters in the order they were dropped (least suspicious first)
+    pruned = search.pruned_order
+    clean_pool = np.concatenate([clusters.members(c) for c in pruned]) if pruned else np.arange(n)
+    clean_pos = np.sort(rng.choice(clean_pool, size=min(classifier_images, len(clean_pool)), replace=False))
+    clf = train_poison_classifier(corpus, clean_pos, patches, rng=rng, epochs=classifier_epochs, seed=seed)
+    scores = classifier_logits(clf, corpus, np.arange(n))
+    return scores, top, scored, clean_pool, clean_pos
+
+
+def _pull_rate(poison_score: np.ndarray, assign: np.ndarray, test: _TestSet, top: np.ndarray) -> float:
+    """Median share of the other clusters' test images that the top windows pull into their cluster."""
+    n_outside = {c: int((test.cluster != c).sum()) for c in np.unique(assign[top])} if len(top) else {}
+    top_rates = np.asarray([poison_score[p] / max(1, n_outside[assign[p]]) for p in top], dtype=np.float64)
+    return float(np.median(top_rates)) if len(top_rates) else 0.0
+
+
+def _result(dataset, assign, boxes, test: _TestSet, search: _Search, scores, top, scored, clean_pool, clean_pos, *,
+            paste_rate, z, win, timings, t_start, params) -> DetectionResult:
+    """The evidence bar, the flags, the run's record and the :class:`DetectionResult`."""
+    n, poison_score = len(assign), search.poison_score
+    # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
+    # does not. Below the bar the search ended on a cluster without a trigger (an encoder that learned
+    # none): the logits still rank, but nothing is flagged.
+    top_rate = _pull_rate(poison_score, assign, test, top)
+    threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
+    found = top_rate >= paste_rate
+    flagged = scores > threshold if found else np.zeros(n, dtype=bool)
+    timings["total_s"] = time.perf_counter() - t_start
+    info: dict[str, Any] = {
+        "evidence": f"trigger windows (median pull rate {top_rate:.2f})" if found else
+        f"none: the top windows pull a median {top_rate:.2f} of pasted images (< {paste_rate}), nothing is flagged",
+        "top_window_pull_rate": top_rate,
+        "cut": cut_info,
+        "final_cluster": search.remaining,
+        "pruned_order": search.pruned_order,
+        "rounds": search.rounds,
+        "n_scored": int(len(scored)),
+        "top_windows": [{"index": int(dataset.keys[p]), "box": boxes[p].tolist(), "poison_score": int(poison_score[p])}
+                        for p in top],
+        "test_size": int(len(test.pos)),
+        "window": win,
+        "timings": timings,
+        "params": params,
+    }
+    log.info("patchsearch: final cluster %s, flagged %d of %d in %.1fs", search.remaining, int(flagged.sum()), n,
+             timings["total_s"])
+    return DetectionResult("patchsearch", np.asarray(dataset.keys), scores, flagged, float(threshold),
+                           {"box": boxes, "cluster": assign.copy(), "poison_score": poison_score}, info)
+
+
+@register_detector("patchsearch", stage="ssl")
 def patchsearch(
     *,
     backbone: torch.nn.Module,
@@ -107,7 +261,7 @@ def patchsearch(
                                                            batch_size=batch_size, image_size=image_size)
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
-    corpus = _Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device)
+    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device)
     n, assign = len(dataset), clusters.assignments
     side = int(corpus.images(np.arange(min(1, n))).shape[-1])
     win = window_size(side, window_fraction)
@@ -118,105 +272,23 @@ def patchsearch(
                           image_size=image_size, device=device)
         boxes = cam.boxes
         timings["gradcam_s"] = time.perf_counter() - t
-
-        # 2. test set: the images nearest each centroid, each with a fixed paste position.
-        test = []
-        for c in range(clusters.k):
-            mem = clusters.members(c)
-            order = np.argsort(-clusters.distances[mem] if clusters.spherical else clusters.distances[mem], kind="stable")
-            test.append(mem[order[:test_per_cluster]])
-        test_pos = np.concatenate(test)
-        test_imgs = corpus.images(test_pos)
-        test_cluster = assign[test_pos]
-        test_at = random_positions(rng, len(test_pos), side, win)
-
-        def score(positions: np.ndarray) -> np.ndarray:
-            """Flip counts of the Grad-CAM windows of ``positions`` (batched: every window x every test image)."""
-            out = np.zeros(len(positions), np.int64)
-            T = len(test_pos)
-            per = max(1, batch_size // T)
-            for s in range(0, len(positions), per):
-                pos = positions[s:s + per]
-                src = corpus.images(pos)
-                pasted = []
-                for i, p in enumerate(pos):
-                    x, y, w, h = (int(v) for v in boxes[p])
-                    patch = src[i, :, y:y + h, x:x + w]
-                    pasted.append(paste_many(test_imgs, [patch] * T, test_at))
-                with torch.no_grad():
-                    new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
-                c = assign[pos][:, None]
-                out[s:s + len(pos)] = ((new == c) & (test_cluster[None, :] != c)).sum(1)
-            return out
-
-        # 3. iterative search.
+        test = _make_test_set(corpus, clusters, test_per_cluster, rng, side, win)
         t = time.perf_counter()
-        poison_score = np.full(n, -1, np.int64)
-        remaining = [c for c in range(clusters.k) if clusters.sizes[c] > 0]
-        pruned_order: list[int] = []
-        rounds = 0
-        while True:
-            rounds += 1
-            for c in remaining:
-                unscored = np.flatnonzero((assign == c) & (poison_score < 0))
-                m = final_samples if len(remaining) == 1 else samples_per_round
-                if len(unscored):
-                    pick = np.sort(rng.choice(unscored, size=min(m, len(unscored)), replace=False))
-                    poison_score[pick] = score(pick)
-            if len(remaining) == 1:
-                break
-            best = {c: poison_score[(assign == c) & (poison_score >= 0)].max(initial=-1) for c in remaining}
-            n_drop = max(1, int(np.floor(prune_fraction * len(remaining))))
-            ranked = sorted(remaining, key=lambda c: (best[c], -c))  # lowest first; ties: higher id dropped first
-            pruned_order += ranked[:n_drop]
-            remaining = [c for c in remaining if c not in ranked[:n_drop]]
+        search = _iterative_search(corpus, clusters, boxes, test, rng, samples_per_round=samples_per_round,
+                                   prune_fraction=prune_fraction, final_samples=final_samples)
         timings["search_s"] = time.perf_counter() - t
-
-        # 4. poison classifier on the top windows, applied to the corpus.
         t = time.perf_counter()
-        scored = np.flatnonzero(poison_score >= 0)
-        top = scored[np.argsort(-poison_score[scored], kind="stable")[:n_top_windows]]
-        patches = crop_windows(corpus.images(top), boxes[top])
-        # clean pool: clusters in the order they were dropped (least suspicious first)
-        clean_pool = np.concatenate([clusters.members(c) for c in pruned_order]) if pruned_order else np.arange(n)
-        clean_pos = np.sort(rng.choice(clean_pool, size=min(classifier_images, len(clean_pool)), replace=False))
-        clf = train_poison_classifier(corpus, clean_pos, patches, rng=rng, epochs=classifier_epochs, seed=seed)
-        scores = classifier_logits(clf, corpus, np.arange(n))
+        scores, top, scored, clean_pool, clean_pos = _train_and_score(
+            corpus, clusters, boxes, search, rng, n_top_windows=n_top_windows, classifier_images=classifier_images,
+            classifier_epochs=classifier_epochs, seed=seed)
         timings["classifier_s"] = time.perf_counter() - t
     finally:
         backbone.train(was_training)
-    # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
-    # does not. Below the bar the search ended on a cluster without a trigger (an encoder that learned
-    # none): the logits still rank, but nothing is flagged.
-    n_outside = {c: int((test_cluster != c).sum()) for c in np.unique(assign[top])} if len(top) else {}
-    top_rates = np.asarray([poison_score[p] / max(1, n_outside[assign[p]]) for p in top], dtype=np.float64)
-    top_rate = float(np.median(top_rates)) if len(top_rates) else 0.0
-    threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
-    found = top_rate >= paste_rate
-    flagged = scores > threshold if found else np.zeros(n, dtype=bool)
-    timings["total_s"] = time.perf_counter() - t_start
-    info: dict[str, Any] = {
-        "evidence": f"trigger windows (median pull rate {top_rate:.2f})" if found else
-        f"none: the top windows pull a median {top_rate:.2f} of pasted images (< {paste_rate}), nothing is flagged",
-        "top_window_pull_rate": top_rate,
-        "cut": cut_info,
-        "final_cluster": remaining,
-        "pruned_order": pruned_order,
-        "rounds": rounds,
-        "n_scored": int(len(scored)),
-        "top_windows": [{"index": int(dataset.keys[p]), "box": boxes[p].tolist(), "poison_score": int(poison_score[p])}
-                        for p in top],
-        "test_size": int(len(test_pos)),
-        "window": win,
-        "timings": timings,
-        "params": {"k": clusters.k, "window_fraction": window_fraction, "test_per_cluster": test_per_cluster,
-                   "samples_per_round": samples_per_round, "prune_fraction": prune_fraction,
-                   "final_samples": final_samples, "n_top_windows": n_top_windows,
-                   "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
-                   "paste_rate": paste_rate, "z": z,
-                   "batch_size": batch_size, "image_size": image_size},
-    }
-    log.info("patchsearch: final cluster %s, flagged %d of %d in %.1fs", remaining, int(flagged.sum()), n,
-             timings["total_s"])
-    return DetectionResult("patchsearch", np.asarray(dataset.keys), scores, flagged, float(threshold),
-                           {"box": boxes, "cluster": assign.copy(), "poison_score": poison_score}, info)
+    params = {"k": clusters.k, "window_fraction": window_fraction, "test_per_cluster": test_per_cluster,
+              "samples_per_round": samples_per_round, "prune_fraction": prune_fraction,
+              "final_samples": final_samples, "n_top_windows": n_top_windows,
+              "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
+              "paste_rate": paste_rate, "z": z,
+              "batch_size": batch_size, "image_size": image_size}
+    return _result(dataset, assign, boxes, test, search, scores, top, scored, clean_pool, clean_pos,
+                   paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from sslguard.data.transforms import to_float
 from sslguard.models.backbones import StagedBackbone, create_backbone
+from sslguard.embed import extract
+from sslguard.models.ssl import load_backbone
 
 
 class ChannelMask(nn.Module):
@@ -127,8 +129,6 @@ def build_classifier(
     if seed is not None:
         torch.manual_seed(seed)
     if encoder_path is not None:
-        from sslguard.models.ssl import load_backbone
-
         net = load_backbone(encoder_path)
     elif isinstance(backbone, StagedBackbone):
         net = backbone
@@ -150,8 +150,6 @@ def _eval_fn(model: nn.Module, fn):
 
 
 def _run_eval(model: nn.Module, dataset, fn, *, batch_size: int, accelerator, image_size, desc: str, progress: bool):
-    from sslguard.embed import extract
-
     was_training = model.training
     model.eval()
     try:

@@ -34,6 +34,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 
 from sslguard.models.backbones import StagedBackbone, create_backbone
+from sslguard.utils.io import atomic_path
 
 ENCODER_FORMAT = "sslguard-encoder-v1"
 
@@ -180,7 +181,6 @@ def save_backbone(path: str | os.PathLike, backbone: StagedBackbone, meta: dict[
     """
     from safetensors.torch import save_file
 
-    from sslguard.utils.io import atomic_path
 
     meta = dict(meta or {})
     name = meta.pop("backbone", None) or backbone.backbone_name

@@ -1,5 +1,5 @@
 """Repairs of a backdoored model, beside detection: clean fine-tuning (Truong et al. 2020) and the
-curves that compare it with l-infinity pruning (:mod:`sslguard.detectors.linf_pruning`)."""
+l-infinity neuron pruning (:mod:`sslguard.repair.linf_pruning`, Xu et al. 2021), and the curves that compare them."""
 
 from sslguard.repair.curves import (
     RepairCurve,
@@ -9,8 +9,9 @@ from sslguard.repair.curves import (
     repair_report_figure,
 )
 from sslguard.repair.finetune import FINETUNE_MODES, FinetuneResult, finetune, select_clean_subset
+from sslguard.repair.linf_pruning import PruningResult, linf_pruning
 
 __all__ = [
-    "FINETUNE_MODES", "FinetuneResult", "RepairCurve", "as_curve", "finetune", "plot_repair_curves",
+    "FINETUNE_MODES", "FinetuneResult", "PruningResult", "RepairCurve", "as_curve", "finetune", "linf_pruning", "plot_repair_curves",
     "repair_curves_markdown", "repair_report_figure", "select_clean_subset",
 ]

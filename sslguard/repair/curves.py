@@ -2,7 +2,7 @@
 
 Two repairs change a backdoored model in different units: clean fine-tuning by epochs
 (:func:`sslguard.repair.finetune`), l-infinity pruning by the fraction of last-stage neurons pruned
-(:mod:`sslguard.detectors.linf_pruning`). :func:`plot_repair_curves` puts each kind of x axis in its own
+(:mod:`sslguard.repair.linf_pruning`). :func:`plot_repair_curves` puts each kind of x axis in its own
 panel of one figure, with the y axes (clean accuracy, ASR, both in [0, 1]) shared, so the two repairs
 read against each other; :func:`repair_curves_markdown` gives the same numbers as a table.
 
@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from sslguard.report.html import Figure as ReportFigure
+from sslguard.report.plots import save_png
 
 CLEAN_STYLE = {"linestyle": "-", "marker": "o"}
 ASR_STYLE = {"linestyle": "--", "marker": "s"}
@@ -69,8 +71,6 @@ def plot_repair_curves(results: Sequence[Any], path: str | os.PathLike | None = 
     squares, one colour per repair; the y axes are shared and span [0, 1]. Written as PNG to ``path``
     when given (atomically). Returns the :class:`~matplotlib.figure.Figure`.
     """
-    from sslguard.report.plots import save_png
-
     curves = [as_curve(r) for r in results]
     if not curves:
         raise ValueError("no repair results to plot")
@@ -112,9 +112,6 @@ def repair_curves_markdown(results: Sequence[Any], digits: int = 3) -> str:
 def repair_report_figure(results: Sequence[Any], *, fig_id: str = "repair",
                          title: str = "Repairs: clean accuracy and attack success rate"):
     """The repair curves as a :class:`sslguard.report.html.Figure` (PNG bytes, title, caption) for report.html."""
-    from sslguard.report.html import Figure as ReportFigure
-    from sslguard.report.plots import save_png
-
     curves = [as_curve(r) for r in results]
     png = save_png(plot_repair_curves(curves))
     axes = list(dict.fromkeys(c.x_label for c in curves))

@@ -4,7 +4,7 @@ small clean set, and watch clean accuracy and attack success rate (ASR) after ea
 
 Truong et al. found that a backdoor inserted by data poisoning is often made ineffective by a few epochs
 of such training. :func:`finetune` lets a user check that on their own model: it works on a copy of the
-model (so the same backdoored model can also go to :func:`sslguard.detectors.linf_pruning` for a side by
+model (so the same backdoored model can also go to :func:`sslguard.repair.linf_pruning` for a side by
 side comparison), evaluates it before training (epoch 0) and after every epoch, and returns a
 :class:`FinetuneResult` with the repaired model and the curves.
 
@@ -38,6 +38,10 @@ import torch.nn as nn
 
 from sslguard.data.datasets import IndexedDataset, IndexedSubset
 from sslguard.utils.io import atomic_write_json
+from sslguard.models.backbones import StagedBackbone
+from sslguard.models.classifier import Classifier
+from sslguard.sanitize import read_index_list
+from sslguard.train.classifier import evaluate_classifier, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +107,6 @@ def select_clean_subset(dataset: IndexedDataset, *, fraction: float | None = Non
     pool = dataset
     if clean_indices is not None:
         if isinstance(clean_indices, (str, os.PathLike)):
-            from sslguard.sanitize import read_index_list
-
             clean_indices = read_index_list(clean_indices)
         keys = np.unique(np.asarray(clean_indices, dtype=np.int64))
         if not len(keys):
@@ -168,10 +170,6 @@ def finetune(
 
     Returns a :class:`FinetuneResult` whose curves have ``epochs + 1`` points.
     """
-    from sslguard.models.backbones import StagedBackbone
-    from sslguard.models.classifier import Classifier
-    from sslguard.train.classifier import evaluate_classifier, train_classifier
-
     if mode not in FINETUNE_MODES:
         raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {mode!r}")
     if epochs < 1:

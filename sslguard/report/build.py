@@ -1,93 +1,52 @@
-"""Assemble a run's report: figures (``figures/*.png``), ``summary.json`` and ``report.html``.
+"""Write a finished run's figures, ``summary.json`` and ``report.html`` from a :class:`ReportContext`.
 
-Called by :mod:`sslguard.pipeline` once the detection stages are done. The report stage is cached like
-the others (its fingerprint covers every upstream stage and the report settings), so a rerun of a
-finished run rewrites nothing.
-
-Limits: Grad-CAM overlays need the SSL encoder and the k-means centroids, so they are drawn for the
-SSL stage only (the window of a classifier-stage image is the detector's own evidence box when it has
-one); the gallery holds the ``report.top_k`` flagged images with the highest fused score.
+The report only draws: everything it shows (scores, flags, metrics, notices, the gallery's Grad-CAM
+evidence) is computed by the pipeline's stages and handed over in the context.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
+from sslguard.config import dump_yaml, to_dict
 from sslguard.report import html as H
 from sslguard.report import plots as P
 from sslguard.utils.io import atomic_write_json, atomic_write_text
+from sslguard.utils.rundir import fingerprint
 
 
-def _heatmaps(backbone, dataset, clusters, positions: np.ndarray, detections: dict[str, Any], image_size: int):
-    """Grad-CAM heatmaps (of the cluster a detector examined, else the assigned one) for ``positions``."""
-    from sslguard.cam import cluster_cam, window_size
+@dataclass
+class ReportContext:
+    """What a report shows. ``cfg`` is the run's :class:`~sslguard.config.DetectConfig`, ``rd`` its
+    :class:`~sslguard.utils.rundir.RunDir`, ``data`` its corpus (keys, labels, truth, paths), ``assignments``
+    the k-means cluster of each image; ``gallery(top)`` returns the :class:`~sslguard.report.plots.GalleryItem`
+    of each top flagged position (called only when the report is drawn)."""
 
-    targets = clusters.assignments[positions].copy()
-    for r in detections.values():
-        t = r.evidence.get("target_cluster")
-        if t is not None:
-            t = np.asarray(t)[positions]
-            targets = np.where(t >= 0, t, targets)
-    win = window_size(image_size, 0.25)
-    res = cluster_cam(backbone, dataset, clusters.centroids, window=win, positions=positions, targets=targets,
-                      keep_heatmaps=True, image_size=image_size, batch_size=64)
-    return res.heatmaps, res.boxes
-
-
-def _classifier_cam(model, dataset, positions: np.ndarray, image_size: int):
-    """Grad-CAM of the classifier's predicted class at its last feature map (Selvaraju et al. 2017) and
-    the best window, for ``positions``; ``(None, None)`` when the logits are not ``head(pool(last map))``."""
-    import torch
-    import torch.nn.functional as F
-
-    from sslguard.cam import best_window, load_uint8, window_size
-    from sslguard.data.transforms import to_float
-    from sslguard.models.backbones import StagedBackbone
-
-    bb = model.backbone
-    if type(bb).forward is not StagedBackbone.forward:
-        return None, None
-    imgs = load_uint8(dataset, positions, image_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            fmap = bb.forward_features(to_float(imgs))
-        fmap = fmap.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model.head(bb.pool(fmap))
-            picked = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-            (grad,) = torch.autograd.grad(picked, fmap)
-    finally:
-        model.train(was_training)
-    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * fmap.detach()).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=imgs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    boxes, _ = best_window(cam, window_size(int(imgs.shape[-1]), 0.25))
-    return cam.numpy(), boxes.numpy()
+    cfg: Any
+    rd: Any
+    data: Any
+    embeddings: np.ndarray
+    assignments: np.ndarray
+    detections: dict[str, Any]
+    fused: Any
+    metrics: dict[str, dict[str, float]]
+    backdoor: dict[str, Any] | None
+    retrain: dict[str, Any] | None
+    classifier_eval: dict[str, Any] | None
+    seconds: float
+    gallery: Callable[[np.ndarray], list[Any]]
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    notices: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _evidence_box(detections: dict[str, Any], i: int, order: list[str]) -> tuple[tuple[int, int, int, int] | None, str | None]:
-    """The evidence box of the first detector (in ``order``) that flagged row ``i`` and has one."""
-    for name in order:
-        r = detections[name]
-        box = r.evidence.get("box")
-        if box is not None and bool(r.flagged[i]):
-            b = tuple(int(v) for v in np.asarray(box)[i])
-            if b[2] > 0 and b[3] > 0:
-                return b, name
-    return None, None
-
-
-def write_report(pipe, data, backbone, embeddings, clusters, detections: dict[str, Any], fused, metrics,
-                 backdoor, retrain, classifier_eval, seconds: float, classifier=None) -> dict[str, Any]:
-    """Write figures, summary.json and report.html for a finished run; returns the summary."""
-    from sslguard.config import dump_yaml, to_dict
-    from sslguard.pipeline import fingerprint
-
-    cfg, rd = pipe.cfg, pipe.rd
+def write_report(ctx: ReportContext) -> dict[str, Any]:
+    """Write figures, summary.json and report.html for a finished run (a cached stage); returns the summary."""
+    cfg, rd, data = ctx.cfg, ctx.rd, ctx.data
+    detections, fused, metrics, backdoor, retrain = ctx.detections, ctx.fused, ctx.metrics, ctx.backdoor, ctx.retrain
     rc = cfg.report
     truth = data.truth
     keys = data.keys
@@ -97,7 +56,7 @@ def write_report(pipe, data, backbone, embeddings, clusters, detections: dict[st
     order_flagged = np.flatnonzero(flagged)[np.argsort(-fused.scores[flagged], kind="stable")]
     top = order_flagged[: rc.top_k]
 
-    fp = fingerprint("report", to_dict(rc), sorted(pipe.fp.items()), [(lvl, t) for lvl, t in pipe.notices])
+    fp = fingerprint("report", to_dict(rc), sorted(ctx.fingerprints.items()), [(lvl, t) for lvl, t in ctx.notices])
     figure_names = ["scores", "embedding", "classes"] + (["flagged_gallery"] if rc.top_k > 0 else [])
     if truth is not None:
         figure_names.append("roc")
@@ -119,36 +78,13 @@ def write_report(pipe, data, backbone, embeddings, clusters, detections: dict[st
             figs["roc"] = P.save_png(P.roc_curves(series + [P.ScoreSeries("fused", fused.scores, fused.flagged,
                                                                            fused.threshold)], truth),
                                      rd.path("figures/roc.png"))
-        pos, xy = P.project_2d(embeddings, rc.embedding, seed=cfg.seed)
+        pos, xy = P.project_2d(ctx.embeddings, rc.embedding, seed=cfg.seed)
         figs["embedding"] = P.save_png(
-            P.embedding_map(xy, clusters.assignments[pos], flagged[pos], None if truth is None else truth[pos], rc.embedding),
+            P.embedding_map(xy, ctx.assignments[pos], flagged[pos], None if truth is None else truth[pos], rc.embedding),
             rd.path("figures/embedding.png"))
         figs["classes"] = P.save_png(P.class_counts(labels, classes, flagged, truth), rd.path("figures/classes.png"))
 
-        heat, cam_boxes, cheat, cboxes = None, None, None, None
-        if len(top):
-            heat, cam_boxes = _heatmaps(backbone, data.train, clusters, top, detections, cfg.data.image_size)
-            if classifier is not None:
-                cheat, cboxes = _classifier_cam(classifier, data.train, top, cfg.data.image_size)
-        items = []
-        det_order = list(detections)
-        for j, i in enumerate(top.tolist()):
-            # Evidence from the stage that flagged the image: the classifier's Grad-CAM for a
-            # classifier-stage flag (what drove its label), else the SSL cluster model's Grad-CAM
-            # with the detector's own window.
-            first = next((n for n in det_order if bool(detections[n].flagged[i])), None)
-            img = np.asarray(data.train.load_array(i))
-            if first in cfg.detectors.classifier and cheat is not None:
-                hm, box, src = cheat[j], tuple(int(v) for v in cboxes[j]), f"{first}, classifier CAM"
-            else:
-                box, src = _evidence_box(detections, i, det_order)
-                if box is None and cam_boxes is not None:
-                    box = tuple(int(v) for v in cam_boxes[j])
-                src = f"{src or first or 'fused'}, SSL CAM"
-                hm = heat[j] if heat is not None else None
-            hm = hm if hm is not None and hm.shape == img.shape[:2] else None
-            items.append(P.GalleryItem(int(keys[i]), img, float(fused.scores[i]), src, class_name(int(labels[i])),
-                                       hm, box, None if truth is None else bool(truth[i])))
+        items = ctx.gallery(top) if len(top) else []
         if rc.top_k > 0:
             figs["flagged_gallery"] = P.save_png(P.flagged_gallery(items), rd.path("figures/flagged_gallery.png"))
         bd_rows: dict[str, dict[str, float]] = {}
@@ -176,23 +112,22 @@ def write_report(pipe, data, backbone, embeddings, clusters, detections: dict[st
                           for name, r in detections.items()},
             "fusion": {**fused.info, "fused_quantile": cfg.fusion.fused_quantile},
             "metrics": metrics,
-            "classifier": classifier_eval,
+            "classifier": ctx.classifier_eval,
             "backdoor": backdoor,
             "retrain": retrain,
-            "notices": [{"level": lvl, "text": t} for lvl, t in pipe.notices],
+            "notices": [{"level": lvl, "text": t} for lvl, t in ctx.notices],
             "per_class": [{"class": class_name(int(c)), "label": int(c), "n": int((labels == c).sum()),
                            "flagged": int((flagged & (labels == c)).sum()),
                            **({"poisoned": int((truth & (labels == c)).sum())} if truth is not None else {})}
                           for c in np.unique(labels)],
             "stage_seconds": {k: round(v, 3) for k, v in rd.timings.items()},
-            "seconds_to_report": round(seconds, 1),  # this invocation, from start to the report stage
+            "seconds_to_report": round(ctx.seconds, 1),  # this invocation, from start to the report stage
             "cached_stages": list(rd.cached),
             "files": files,
         }
         atomic_write_json(rd.path("summary.json"), summary)
 
-        content = _content(pipe, data, detections, fused, metrics, backdoor, retrain, classifier_eval, figs, bd_rows,
-                           order_flagged, class_name, summary, dump_yaml(cfg))
+        content = _content(ctx, figs, bd_rows, order_flagged, class_name, summary, dump_yaml(cfg))
         atomic_write_text(rd.path("report.html"), H.render_html(content))
 
     rd.run("report", fp, files, compute)
@@ -201,9 +136,9 @@ def write_report(pipe, data, backbone, embeddings, clusters, detections: dict[st
     return summary
 
 
-def _content(pipe, data, detections, fused, metrics, backdoor, retrain, classifier_eval, figs, bd_rows,
-             order_flagged, class_name, summary, config_yaml) -> H.ReportContent:
-    cfg = pipe.cfg
+def _content(ctx: ReportContext, figs, bd_rows, order_flagged, class_name, summary, config_yaml) -> H.ReportContent:
+    cfg, data, detections, fused, metrics = ctx.cfg, ctx.data, ctx.detections, ctx.fused, ctx.metrics
+    classifier_eval = ctx.classifier_eval
     truth = data.truth
     keys = data.keys
     labels = np.asarray(data.train.labels)
@@ -219,8 +154,8 @@ def _content(pipe, data, detections, fused, metrics, backdoor, retrain, classifi
         headline = H.Notice(f"{n_flag:,} of {n:,} images flagged; {n - n_flag:,} kept in the clean manifest. "
                             "No ground truth: no detection metrics.", "info")
     # warnings first (a runaway detector, an encoder that learned nothing), then the headline, then the rest
-    notices = ([H.Notice(t, lvl) for lvl, t in pipe.notices if lvl == "warn"] + [headline]
-               + [H.Notice(t, lvl) for lvl, t in pipe.notices if lvl != "warn"])
+    notices = ([H.Notice(t, lvl) for lvl, t in ctx.notices if lvl == "warn"] + [headline]
+               + [H.Notice(t, lvl) for lvl, t in ctx.notices if lvl != "warn"])
 
     rows: list[tuple[str, Any]] = [
         ("dataset", f"{cfg.data.name}" + (f" ({data.root})" if data.root else "") + f", split {cfg.data.split}"),
@@ -284,7 +219,7 @@ def _content(pipe, data, detections, fused, metrics, backdoor, retrain, classifi
     outputs = [("scores.csv", "every image: per-detector scores, fused score, flag (and ground truth)"),
                ("flagged.txt", "flagged images: index and path"),
                ("clean_indices.txt", "indices of the kept images (retrain on these)")]
-    if pipe.rd.path("clean_manifest.txt").exists():
+    if ctx.rd.path("clean_manifest.txt").exists():
         outputs.append(("clean_manifest.txt", "paths of the kept images, relative to the data root"))
     outputs += [("summary.json", "this report's numbers, for programs"), ("config.yaml", "the resolved configuration"),
                 ("versions.json", "package versions")]

@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-# The project's normalisation (same as sslguard.data.transforms.to_float); saved in encoder metadata.
-DEFAULT_MEAN = (0.5, 0.5, 0.5)
-DEFAULT_STD = (0.5, 0.5, 0.5)
+from sslguard.data.transforms import DEFAULT_MEAN, DEFAULT_STD  # noqa: F401  (re-exported)
 
 # ITU-R 601 luma weights, the ones torchvision's rgb_to_grayscale and PIL's "L" mode use.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -296,15 +294,30 @@ class BatchAugment:
         return self.apply(images, self.sample(images.shape[0], images.shape[2], images.shape[3], gen))
 
 
+# The recipe of ssl_augmentations. Every view: crop scale (min_scale or 0.08, 1), colour jitter with p=0.8 and
+# greyscale with p=0.2 (BatchAugment's defaults). Jitter: brightness/contrast/saturation/hue strengths;
+# blur and solarize: probabilities.
+#
+#   image size    method  view  jitter            blur  solarize
+#   <= 64 px      simclr  both  0.4/0.4/0.4/0.1   0     0         (SimCLR appendix B.9: blur hurts at 32 px)
+#   <= 64 px      byol    1     0.4/0.4/0.4/0.1   0     0
+#   <= 64 px      byol    2     0.4/0.4/0.4/0.1   0     0.2
+#   > 64 px       simclr  both  0.8/0.8/0.8/0.2   0.5   0         (Chen et al. 2020)
+#   > 64 px       byol    1     0.4/0.4/0.2/0.1   1.0   0         (Grill et al. 2020, table 6)
+#   > 64 px       byol    2     0.4/0.4/0.2/0.1   0.1   0.2
+
+
 def ssl_augmentations(method: str, image_size: int, *, min_scale: float | None = None,
                       mean: tuple[float, float, float] = DEFAULT_MEAN,
                       std: tuple[float, float, float] = DEFAULT_STD) -> tuple[BatchAugment, BatchAugment]:
     """The two view augmentations of ``method`` (``simclr`` or ``byol``) for images of ``image_size``.
 
-    CIFAR-size (<= 64 px): crop scale (0.08, 1), jitter 0.4/0.4/0.4/0.1 with p=0.8, greyscale p=0.2,
-    no blur (SimCLR appendix B.9: blur hurts at 32 px); BYOL adds solarization p=0.2 to view 2.
-    ImageNet-size: SimCLR jitter 0.8/0.8/0.8/0.2 and blur p=0.5 on both views; BYOL jitter
-    0.4/0.4/0.2/0.1, blur p=1.0 / 0.1 and solarization p=0 / 0.2 (Grill et al. 2020, table 6).
+    Every view: random resized crop of scale ``(min_scale, 1)`` (``min_scale`` defaults to 0.08), flip,
+    colour jitter (p=0.8) and greyscale (p=0.2). CIFAR-size images (<= 64 px) get no blur (SimCLR
+    appendix B.9: blur hurts at 32 px) and BYOL adds solarization to its second view; at ImageNet size
+    SimCLR uses stronger jitter and blur on both views, BYOL the views of Grill et al. 2020, table 6
+    (blur on both, solarization on the second). Per-view values: the table in the comment above.
+    ``mean``/``std`` is the normalisation.
     """
     scale = (0.08 if min_scale is None else float(min_scale), 1.0)
     small = image_size <= 64

@@ -39,6 +39,7 @@ from PIL import Image
 from sslguard.data.datasets import IndexedDataset
 from sslguard.data.transforms import to_float, uint8_loader
 from sslguard.utils.seed import seed_everything
+from sslguard.models.classifier import predict
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,130 @@ def _param_groups(model: nn.Module, mode: str, lr: float, backbone_lr_scale: flo
     return [{"params": list(model.parameters()), "lr": lr}]
 
 
+@dataclass
+class _ClassifierLoop:
+    """What the epochs of one :func:`train_classifier` call share: prepared objects, hooks and the step count."""
+
+    model: nn.Module  # the caller's model (the hooks receive it)
+    net: nn.Module  # the model as accelerate prepared it (``model`` itself without an accelerator)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loader: Any
+    gen: torch.Generator  # this process's augmentation generator
+    device: torch.device
+    accelerator: Any
+    augment: bool
+    crop_padding: int
+    loss_fn: LossFn | None
+    on_step: Callable[[int, nn.Module, dict[str, float]], None] | None
+    total_steps: int  # epochs * steps per epoch, the length of the LR schedule
+    bar: Any = None  # the progress bar over all steps
+    step: int = 0  # global step, counted over epochs
+
+
+def _check_arguments(model: nn.Module, mode: str, epochs: int, optimizer: str) -> None:
+    """Refuse an unknown mode or optimizer, no epochs, or a backbone mode on a model without a backbone."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if mode in ("linear", "finetune") and not hasattr(model, "backbone"):
+        raise ValueError(f"mode={mode!r} needs a model with a .backbone (a Classifier)")
+
+
+def _warmup_cosine(opt: torch.optim.Optimizer, warm: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warm`` steps, then cosine decay to zero at step ``total``."""
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
+def _prepare_loop(model: nn.Module, dataset: IndexedDataset, *, epochs: int, batch_size: int, lr: float, mode: str,
+                  seed: int, accelerator, augment: bool, crop_padding: int, optimizer: str, momentum: float,
+                  weight_decay: float, backbone_lr_scale: float, warmup_epochs: float, image_size: int | None,
+                  num_workers: int, loss_fn: LossFn | None, trainable, on_step) -> _ClassifierLoop:
+    """Parameter groups, optimiser, seeded loader, accelerate preparation, LR schedule and augmentation generator."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    groups = _param_groups(model, mode, lr, backbone_lr_scale, trainable)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    else:
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    loader = uint8_loader(dataset, batch_size, image_size, shuffle=True, num_workers=num_workers, drop_last=len(dataset) > batch_size, seed=seed)
+    net = model
+    if accelerator is not None:
+        net, opt, loader = accelerator.prepare(model, opt, loader)
+    steps_per_epoch = max(1, len(loader))
+    total = epochs * steps_per_epoch
+    sched = _warmup_cosine(opt, int(round(warmup_epochs * steps_per_epoch)), total)
+    # One generator per process, so processes augment differently but reproducibly.
+    gen = torch.Generator()
+    gen.manual_seed(int(seed) * 1000 + 17 + rank)
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    return _ClassifierLoop(model=model, net=net, opt=opt, sched=sched, loader=loader, gen=gen, device=device,
+                           accelerator=accelerator, augment=augment, crop_padding=crop_padding, loss_fn=loss_fn,
+                           on_step=on_step, total_steps=total)
+
+
+def _train_step(loop: _ClassifierLoop, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
+    """Augment, forward, backward, optimiser and scheduler step; returns the loss, predictions (or ``None``), labels."""
+    images, labels = images.to(loop.device), labels.to(loop.device)
+    if loop.augment:
+        images = random_crop_flip(images, loop.crop_padding, True, loop.gen)
+    x = to_float(images)
+    pred = None
+    if loop.loss_fn is not None:
+        loss = loop.loss_fn(loop.net, x, labels, index)
+    else:
+        # The default path keeps the logits, so training accuracy costs no second forward
+        # (a second forward in train mode would also update BatchNorm statistics twice).
+        logits = loop.net(x)
+        loss = F.cross_entropy(logits, labels)
+        pred = logits.detach().argmax(1)
+    loop.opt.zero_grad(set_to_none=True)
+    if loop.accelerator is not None:
+        loop.accelerator.backward(loss)
+    else:
+        loss.backward()
+    loop.opt.step()
+    loop.sched.step()
+    return loss, pred, labels
+
+
+def _run_epoch(loop: _ClassifierLoop, epoch: int) -> tuple[float, int, int]:
+    """One pass over the loader; returns the summed loss, correct predictions and images seen."""
+    run_loss, run_correct, run_n = 0.0, 0, 0
+    for images, labels, index in loop.loader:
+        loss, pred, labels = _train_step(loop, images, labels, index)
+        n = len(labels)
+        run_loss += float(loss.detach()) * n
+        run_n += n
+        if pred is not None:
+            run_correct += int((pred == labels).sum())
+        stats = {"loss": float(loss.detach()), "lr": float(loop.sched.get_last_lr()[-1])}
+        if loop.on_step is not None:
+            loop.on_step(loop.step, loop.model, stats)
+        loop.step += 1
+        loop.bar.update(1)
+        loop.bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}")
+    return run_loss, run_correct, run_n
+
+
+def _copy_back(model: nn.Module, net: nn.Module, accelerator) -> None:
+    """Wait for every process, then copy the trained (unwrapped) weights into ``model`` if they live elsewhere."""
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        trained = accelerator.unwrap_model(net)
+        if trained is not model:
+            model.load_state_dict(trained.state_dict())
+
+
 def train_classifier(
     model: nn.Module,
     dataset: IndexedDataset,
@@ -151,89 +276,27 @@ def train_classifier(
 
     from tqdm.auto import tqdm
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-    if mode in ("linear", "finetune") and not hasattr(model, "backbone"):
-        raise ValueError(f"mode={mode!r} needs a model with a .backbone (a Classifier)")
+    _check_arguments(model, mode, epochs, optimizer)
     seed_everything(seed)
-    custom_loss = loss_fn is not None
+    loop = _prepare_loop(
+        model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, mode=mode, seed=seed, accelerator=accelerator,
+        augment=augment, crop_padding=crop_padding, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+        backbone_lr_scale=backbone_lr_scale, warmup_epochs=warmup_epochs, image_size=image_size,
+        num_workers=num_workers, loss_fn=loss_fn, trainable=trainable, on_step=on_step,
+    )
     rank = accelerator.process_index if accelerator is not None else 0
-    groups = _param_groups(model, mode, lr, backbone_lr_scale, trainable)
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    else:
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    loader = uint8_loader(dataset, batch_size, image_size, shuffle=True, num_workers=num_workers, drop_last=len(dataset) > batch_size, seed=seed)
-    net = model
-    if accelerator is not None:
-        net, opt, loader = accelerator.prepare(model, opt, loader)
-    steps_per_epoch = max(1, len(loader))
-    total = epochs * steps_per_epoch
-    warm = int(round(warmup_epochs * steps_per_epoch))
-
-    def lr_factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    # One generator per process, so processes augment differently but reproducibly.
-    gen = torch.Generator()
-    gen.manual_seed(int(seed) * 1000 + 17 + rank)
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     history = TrainHistory()
     t0 = time.perf_counter()
-    step = 0
-    bar = tqdm(total=total, desc=f"train ({mode})", disable=not progress or rank != 0, leave=False)
+    loop.bar = tqdm(total=loop.total_steps, desc=f"train ({mode})", disable=not progress or rank != 0, leave=False)
     for epoch in range(epochs):
-        _set_mode(net if accelerator is None else accelerator.unwrap_model(net), mode)
-        run_loss, run_correct, run_n = 0.0, 0, 0
-        for images, labels, index in loader:
-            images, labels = images.to(device), labels.to(device)
-            if augment:
-                images = random_crop_flip(images, crop_padding, True, gen)
-            x = to_float(images)
-            pred = None
-            if custom_loss:
-                loss = loss_fn(net, x, labels, index)
-            else:
-                # The default path keeps the logits, so training accuracy costs no second forward
-                # (a second forward in train mode would also update BatchNorm statistics twice).
-                logits = net(x)
-                loss = F.cross_entropy(logits, labels)
-                pred = logits.detach().argmax(1)
-            opt.zero_grad(set_to_none=True)
-            if accelerator is not None:
-                accelerator.backward(loss)
-            else:
-                loss.backward()
-            opt.step()
-            sched.step()
-            n = len(labels)
-            run_loss += float(loss.detach()) * n
-            run_n += n
-            if pred is not None:
-                run_correct += int((pred == labels).sum())
-            stats = {"loss": float(loss.detach()), "lr": float(sched.get_last_lr()[-1])}
-            if on_step is not None:
-                on_step(step, model, stats)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{stats['loss']:.3f}")
+        _set_mode(loop.net if accelerator is None else accelerator.unwrap_model(loop.net), mode)
+        run_loss, run_correct, run_n = _run_epoch(loop, epoch)
         history.loss.append(run_loss / max(1, run_n))
-        history.accuracy.append(float("nan") if custom_loss else run_correct / max(1, run_n))
+        history.accuracy.append(float("nan") if loss_fn is not None else run_correct / max(1, run_n))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, {"loss": history.loss[-1], "epoch": epoch})
-    bar.close()
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-        trained = accelerator.unwrap_model(net)
-        if trained is not model:
-            model.load_state_dict(trained.state_dict())
+    loop.bar.close()
+    _copy_back(model, loop.net, accelerator)
     model.eval()
     history.seconds = time.perf_counter() - t0
     return history
@@ -284,8 +347,6 @@ def evaluate_classifier(
     is not ``attack.target``, the share classified as the target once the attack's test-time trigger is
     applied (``nan`` without an attack). Also returns ``n_clean`` and ``n_asr``.
     """
-    from sslguard.models.classifier import predict
-
     _, logits = predict(model, test_dataset, batch_size=batch_size, accelerator=accelerator, image_size=image_size,
                         progress=progress)
     labels = np.asarray(test_dataset.labels)

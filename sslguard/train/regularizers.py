@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sslguard.train.classifier import random_crop_flip
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,6 @@ def supervised_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torc
 
 def crop_flip_view(padding: int = 4, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
     """A seeded second-view augmentation on the trainer's float batch: random crop (padding) + flip."""
-    from sslguard.train.classifier import random_crop_flip
-
     gen = torch.Generator()
     gen.manual_seed(int(seed) * 104729 + 3)
     return lambda x: random_crop_flip(x, padding, True, gen)

@@ -41,11 +41,15 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sslguard.data.transforms import ResizeUint8, TransformDataset, collate_uint8
-from sslguard.models.ssl import BYOL, load_backbone, save_backbone  # noqa: F401  (load_backbone re-exported)
+from sslguard.models.ssl import BYOL, save_backbone
+from sslguard.models.ssl import load_backbone as _load_backbone
 from sslguard.train.augment import BatchAugment, ssl_augmentations
 from sslguard.utils.io import atomic_path, atomic_write_json
+from sslguard.knn import extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
+
+load_backbone = _load_backbone  # re-exported: `from sslguard.train.ssl import load_backbone` keeps working
 
 CHECKPOINT_FORMAT = "sslguard-ssl-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -156,6 +160,294 @@ def _preload(dataset, image_size: int | None, device: torch.device, num_workers:
     return torch.cat([images for images, _, _ in loader]).to(device)
 
 
+@dataclass
+class _SSLRun:
+    """Settings, prepared objects and loop state shared by the steps of one :func:`train_ssl` call."""
+
+    acc: Any  # the accelerate.Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped under several processes)
+    raw: torch.nn.Module  # the unwrapped model: state dicts, backbone, BYOL momentum update
+    opt: torch.optim.Optimizer
+    sched: Any  # lightly's CosineWarmupScheduler, stepped once per global step (not prepared by accelerate)
+    aug0: BatchAugment
+    aug1: BatchAugment
+    method: str
+    epochs: int
+    batch_size: int  # global batch
+    per_proc: int  # images per process and step
+    steps_per_epoch: int
+    total_steps: int
+    lr: float
+    seed: int
+    image_size: int | None
+    channels_last: bool
+    progress: bool
+    checkpoint_every: int
+    knn_every: int
+    knn_train: Any
+    knn_test: Any
+    knn_k: int
+    knn_t: float
+    fingerprint: dict[str, Any]
+    out: Path | None
+    ckpt_path: Path | None
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def _check_arguments(model, epochs: int, batch_size: int, schedule_epochs: int | None, mixed_precision: str,
+                     checkpoint_every: int, knn_every: int, knn_train, knn_test) -> tuple[str, int]:
+    """Refuse bad arguments (naming the config key); return the model's method and the schedule length."""
+    if epochs < 0:
+        raise ValueError(f"ssl.epochs: must be >= 0, got {epochs}")
+    if batch_size <= 0:
+        raise ValueError(f"ssl.batch_size: must be positive, got {batch_size}")
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"ssl.mixed_precision: must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    if checkpoint_every < 0 or knn_every < 0:
+        raise ValueError("ssl.checkpoint_every and ssl.knn_every must be >= 0")
+    method = getattr(model, "method", None)
+    if method not in ("simclr", "byol"):
+        raise ValueError("train_ssl: model must be a SimCLR or BYOL model (see sslguard.models.ssl.build_ssl_model)")
+    if knn_every and (knn_train is None or knn_test is None):
+        raise ValueError("ssl.knn_every > 0 needs knn_train and knn_test datasets")
+    schedule_epochs = epochs if schedule_epochs is None else int(schedule_epochs)
+    if schedule_epochs < epochs:
+        raise ValueError(f"schedule_epochs ({schedule_epochs}) must be >= epochs ({epochs})")
+    return method, schedule_epochs
+
+
+def _split_batch(dataset, batch_size: int, world: int) -> tuple[int, int]:
+    """Per-process batch and steps per epoch of the global ``batch_size`` over ``world`` processes."""
+    if batch_size % world:
+        raise ValueError(f"ssl.batch_size: {batch_size} is not divisible by the {world} processes")
+    per_proc = batch_size // world
+    steps_per_epoch = (len(dataset) // world) // per_proc
+    if steps_per_epoch == 0:
+        raise ValueError(f"ssl.batch_size: {batch_size} is larger than the dataset ({len(dataset)} images); "
+                         "lower it (batches are drop_last)")
+    return per_proc, steps_per_epoch
+
+
+def _setup_run(model, dataset, accelerator, *, method, epochs, batch_size, lr, weight_decay, optimizer, warmup_epochs,
+               schedule_epochs, image_size, augment, output_dir, seed, mixed_precision, channels_last, progress,
+               checkpoint_every, knn_every, knn_train, knn_test, knn_k, knn_t) -> _SSLRun:
+    """Accelerator, batch split, run fingerprint, seeding, augmentations, optimizer and scheduler."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from lightly.utils.scheduler import CosineWarmupScheduler
+
+    acc = accelerator if accelerator is not None else Accelerator(mixed_precision=mixed_precision,
+                                                                   cpu=not torch.cuda.is_available())
+    world = acc.num_processes
+    per_proc, steps_per_epoch = _split_batch(dataset, batch_size, world)
+    total_steps = steps_per_epoch * schedule_epochs
+    lr = default_lr(optimizer, batch_size) if lr is None else float(lr)
+    out = Path(output_dir) if output_dir is not None else None
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    fingerprint = {"method": method, "backbone": model.backbone.backbone_name, "batch_size": batch_size, "lr": lr,
+                   "weight_decay": weight_decay, "optimizer": optimizer, "schedule_epochs": schedule_epochs,
+                   "warmup_epochs": float(warmup_epochs), "seed": seed, "n_images": len(dataset),
+                   "image_size": image_size if image_size is not None else -1, "num_processes": world}
+
+    set_seed(seed)
+    if augment is None:
+        size = image_size if image_size is not None else int(np.asarray(dataset.load_array(0)).shape[0])
+        augment = ssl_augmentations(method, size)
+    aug0, aug1 = augment
+    # The views' distributions belong to the run: resuming under other crops or jitter would mix two runs.
+    fingerprint["augment"] = f"{aug0!r} | {aug1!r}"
+    if mixed_precision == "bf16" and acc.device.type == "cpu" and not _cpu_has_native_bf16():
+        log.warning("ssl.mixed_precision=bf16 on a CPU without AVX-512/AMX bf16 (%s): autocast emulates bf16 "
+                    "and is usually several times slower than fp32 here; consider mixed_precision=no",
+                    torch.backends.cpu.get_cpu_capability())
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _build_optimizer(optimizer, params, lr, weight_decay)
+    sched = CosineWarmupScheduler(opt, warmup_epochs=int(round(warmup_epochs * steps_per_epoch)),
+                                  max_epochs=total_steps, start_value=1.0, end_value=0.0)
+    model, opt = acc.prepare(model, opt)
+    # The scheduler stays unprepared: accelerate would step it num_processes times per step, which
+    # suits per-process batch sizes; ours counts global steps.
+    raw = acc.unwrap_model(model)
+    return _SSLRun(
+        acc=acc, model=model, raw=raw, opt=opt, sched=sched, aug0=aug0, aug1=aug1, method=method, epochs=epochs,
+        batch_size=batch_size, per_proc=per_proc, steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr,
+        seed=seed, image_size=image_size, channels_last=channels_last, progress=progress,
+        checkpoint_every=checkpoint_every, knn_every=knn_every, knn_train=knn_train, knn_test=knn_test, knn_k=knn_k,
+        knn_t=knn_t, fingerprint=fingerprint, out=out, ckpt_path=ckpt_path,
+    )
+
+
+def _resume_from_checkpoint(run: _SSLRun, resume: bool) -> None:
+    """With ``resume``, continue from a matching checkpoint in the output directory (other settings: an error)."""
+    ckpt_path = run.ckpt_path
+    if not (resume and ckpt_path is not None and ckpt_path.exists()):
+        return
+    ckpt = load_checkpoint(ckpt_path)
+    # keys a checkpoint predates (older versions wrote fewer) are not held against it
+    diff = {k: (ckpt["fingerprint"].get(k), v) for k, v in run.fingerprint.items()
+            if k in ckpt["fingerprint"] and ckpt["fingerprint"][k] != v}
+    if diff:
+        raise ValueError(f"{ckpt_path}: written by a run with other settings {diff} (checkpoint, now); "
+                         "use another output_dir or resume=False")
+    run.raw.load_state_dict(ckpt["model"])
+    run.opt.load_state_dict(ckpt["optimizer"])
+    run.sched.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler") is not None and run.acc.scaler is not None:
+        run.acc.scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+    run.start_epoch, run.global_step, run.history = int(ckpt["epoch"]), int(ckpt["global_step"]), list(ckpt["history"])
+    if run.acc.is_main_process:
+        log.info("resumed from %s at epoch %d", ckpt_path, run.start_epoch)
+
+
+def _save_checkpoint(run: _SSLRun, epoch: int) -> None:
+    """Write the checkpoint after ``epoch`` epochs atomically (main process; every process waits)."""
+    if run.ckpt_path is None:
+        return
+    acc = run.acc
+    if acc.is_main_process:
+        state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": run.global_step,
+                 "model": run.raw.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                 "rng": _rng_state(), "history": run.history, "fingerprint": run.fingerprint}
+        with atomic_path(run.ckpt_path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+    acc.wait_for_everyone()
+
+
+def _evaluate_knn(run: _SSLRun) -> float | None:
+    """Weighted kNN top-1 of the backbone's features on the kNN splits (main process; others get ``None``)."""
+    acc = run.acc
+    value = None
+    if acc.is_main_process:
+        kw = dict(batch_size=max(run.per_proc, 64), image_size=run.image_size, device=acc.device,
+                  mean=run.aug0.mean, std=run.aug0.std, channels_last=run.channels_last)
+        with acc.autocast():
+            ftr, ltr, _ = extract_features(run.raw.backbone, run.knn_train, **kw)
+            fte, lte, _ = extract_features(run.raw.backbone, run.knn_test, **kw)
+        value = knn_accuracy(ftr, ltr, fte, lte, k=run.knn_k, t=run.knn_t)
+    acc.wait_for_everyone()
+    return value
+
+
+def _prepare_loader(run: _SSLRun, dataset, num_workers: int) -> DataLoader:
+    """The training loader: this process's shard of a seeded ``DistributedSampler`` order, full batches only."""
+    acc = run.acc
+    return DataLoader(
+        TransformDataset(dataset, ResizeUint8(run.image_size)), batch_size=run.per_proc, num_workers=num_workers,
+        sampler=DistributedSampler(dataset, num_replicas=acc.num_processes, rank=acc.process_index, shuffle=True,
+                                   seed=run.seed, drop_last=True),
+        collate_fn=collate_uint8, drop_last=True, persistent_workers=num_workers > 0,
+        pin_memory=acc.device.type == "cuda",
+    )
+
+
+def _epoch_batches(run: _SSLRun, loader: DataLoader, resident: torch.Tensor | None):
+    """The epoch's batches: the loader's, or the same positions indexed from the preloaded corpus."""
+    if resident is None:
+        return loader
+    # the loader's batches are consecutive runs of its sampler's order (drop_last)
+    order = torch.as_tensor(list(loader.sampler), dtype=torch.long)[: run.steps_per_epoch * run.per_proc]
+    return ((resident[b.to(run.acc.device)], None, None) for b in order.view(run.steps_per_epoch, run.per_proc))
+
+
+def _train_step(run: _SSLRun, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Augment two views of ``images``, take one optimizer and scheduler step; returns the loss."""
+    acc = run.acc
+    x = images.to(acc.device, non_blocking=True)
+    v0, v1 = run.aug0(x, gen), run.aug1(x, gen)
+    if run.channels_last:
+        v0 = v0.contiguous(memory_format=torch.channels_last)
+        v1 = v1.contiguous(memory_format=torch.channels_last)
+    with acc.autocast():
+        loss = run.model(v0, v1)
+    run.opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    run.opt.step()
+    run.sched.step()
+    if isinstance(run.raw, BYOL):
+        run.raw.update_momentum(run.global_step, run.total_steps)
+    run.global_step += 1
+    return loss
+
+
+def _run_epoch(run: _SSLRun, epoch: int, loader: DataLoader, resident: torch.Tensor | None) -> dict[str, float]:
+    """Train epoch ``epoch`` (0-based); returns its history record (epoch, loss, lr, seconds)."""
+    from tqdm.auto import tqdm
+
+    acc = run.acc
+    loader.sampler.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(_epoch_seed(run.seed, epoch, acc.process_index))
+    loss_sum = torch.zeros((), device=acc.device)
+    t0 = time.perf_counter()
+    batches = _epoch_batches(run, loader, resident)
+    bar = tqdm(batches, total=run.steps_per_epoch, desc=f"{run.method} epoch {epoch + 1}/{run.epochs}", leave=False,
+               disable=not (run.progress and acc.is_main_process))
+    for images, _, _ in bar:
+        loss = _train_step(run, images, gen)
+        loss_sum += loss.detach().float()
+        if run.progress and acc.is_main_process and run.global_step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    if acc.device.type == "cuda":
+        torch.cuda.synchronize(acc.device)
+    run.train_seconds += time.perf_counter() - t0
+    run.images_seen += run.steps_per_epoch * run.batch_size
+    mean_loss = float(acc.reduce(loss_sum, reduction="mean")) / run.steps_per_epoch
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"epoch {epoch + 1}: loss is {mean_loss}; lower ssl.lr or use mixed_precision=no")
+    return {"epoch": epoch + 1, "loss": mean_loss, "lr": float(run.sched.get_last_lr()[0]),
+            "seconds": time.perf_counter() - t0}
+
+
+def _end_epoch(run: _SSLRun, epoch: int, record: dict[str, float],
+               on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> None:
+    """After epoch ``epoch`` (0-based): kNN monitor, history, log line, checkpoint, then the user's hook."""
+    from tqdm.auto import tqdm
+
+    if run.knn_every and ((epoch + 1) % run.knn_every == 0 or epoch + 1 == run.epochs):
+        top1 = _evaluate_knn(run)
+        if top1 is not None:
+            record["knn_top1"] = top1
+    run.history.append(record)
+    if run.acc.is_main_process:
+        msg = f"epoch {epoch + 1}/{run.epochs} loss {record['loss']:.4f} lr {record['lr']:.4g}"
+        if "knn_top1" in record:
+            msg += f" knn@{run.knn_k} {record['knn_top1']:.4f}"
+        log.info(msg)
+        if run.progress:
+            tqdm.write(msg)
+    if run.checkpoint_every and ((epoch + 1) % run.checkpoint_every == 0 or epoch + 1 == run.epochs):
+        _save_checkpoint(run, epoch + 1)
+    if on_epoch_end is not None:
+        on_epoch_end(epoch + 1, record)
+
+
+def _export_encoder(run: _SSLRun, optimizer: str, meta: dict[str, Any] | None) -> Path | None:
+    """Write ``encoder.safetensors`` (backbone and metadata) and ``history.json`` when there is an output directory."""
+    if run.out is None:
+        return None
+    encoder_path = run.out / ENCODER_NAME
+    history = run.history
+    if run.acc.is_main_process:
+        emeta = {"method": run.method, "epochs": int(history[-1]["epoch"]) if history else 0,
+                 "image_size": run.image_size, "mean": list(run.aug0.mean), "std": list(run.aug0.std),
+                 "seed": run.seed, "batch_size": run.batch_size, "lr": run.lr, "optimizer": optimizer}
+        if history and "knn_top1" in history[-1]:
+            emeta["knn_top1"] = history[-1]["knn_top1"]
+        emeta.update(meta or {})
+        save_backbone(encoder_path, run.raw.backbone, emeta)
+        atomic_write_json(run.out / "history.json", history)
+    run.acc.wait_for_everyone()
+    return encoder_path
+
+
 def train_ssl(
     model: torch.nn.Module,
     dataset,
@@ -207,255 +499,27 @@ def train_ssl(
     small-image corpora (CIFAR-10 is 150 MB) on a GPU, where per-image loading would otherwise
     bound the step. Large-image corpora (ImageNet-100 at 224 px is ~19 GB) should stream instead.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from lightly.utils.scheduler import CosineWarmupScheduler
-    from tqdm.auto import tqdm
-
-    if epochs < 0:
-        raise ValueError(f"ssl.epochs: must be >= 0, got {epochs}")
-    if batch_size <= 0:
-        raise ValueError(f"ssl.batch_size: must be positive, got {batch_size}")
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"ssl.mixed_precision: must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
-    if checkpoint_every < 0 or knn_every < 0:
-        raise ValueError("ssl.checkpoint_every and ssl.knn_every must be >= 0")
-    method = getattr(model, "method", None)
-    if method not in ("simclr", "byol"):
-        raise ValueError("train_ssl: model must be a SimCLR or BYOL model (see sslguard.models.ssl.build_ssl_model)")
-    if knn_every and (knn_train is None or knn_test is None):
-        raise ValueError("ssl.knn_every > 0 needs knn_train and knn_test datasets")
-    schedule_epochs = epochs if schedule_epochs is None else int(schedule_epochs)
-    if schedule_epochs < epochs:
-        raise ValueError(f"schedule_epochs ({schedule_epochs}) must be >= epochs ({epochs})")
-
-    acc = accelerator if accelerator is not None else Accelerator(mixed_precision=mixed_precision,
-                                                                   cpu=not torch.cuda.is_available())
-    world, rank = acc.num_processes, acc.process_index
-    if batch_size % world:
-        raise ValueError(f"ssl.batch_size: {batch_size} is not divisible by the {world} processes")
-    per_proc = batch_size // world
-    steps_per_epoch = (len(dataset) // world) // per_proc
-    if steps_per_epoch == 0:
-        raise ValueError(f"ssl.batch_size: {batch_size} is larger than the dataset ({len(dataset)} images); "
-                         "lower it (batches are drop_last)")
-    total_steps = steps_per_epoch * schedule_epochs
-    lr = default_lr(optimizer, batch_size) if lr is None else float(lr)
-    out = Path(output_dir) if output_dir is not None else None
-    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
-    fingerprint = {"method": method, "backbone": model.backbone.backbone_name, "batch_size": batch_size, "lr": lr,
-                   "weight_decay": weight_decay, "optimizer": optimizer, "schedule_epochs": schedule_epochs,
-                   "warmup_epochs": float(warmup_epochs), "seed": seed, "n_images": len(dataset),
-                   "image_size": image_size if image_size is not None else -1, "num_processes": world}
-
-    set_seed(seed)
-    if augment is None:
-        size = image_size if image_size is not None else int(np.asarray(dataset.load_array(0)).shape[0])
-        augment = ssl_augmentations(method, size)
-    aug0, aug1 = augment
-    # The views' distributions belong to the run: resuming under other crops or jitter would mix two runs.
-    fingerprint["augment"] = f"{aug0!r} | {aug1!r}"
-    if mixed_precision == "bf16" and acc.device.type == "cpu" and not _cpu_has_native_bf16():
-        log.warning("ssl.mixed_precision=bf16 on a CPU without AVX-512/AMX bf16 (%s): autocast emulates bf16 "
-                    "and is usually several times slower than fp32 here; consider mixed_precision=no",
-                    torch.backends.cpu.get_cpu_capability())
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _build_optimizer(optimizer, params, lr, weight_decay)
-    sched = CosineWarmupScheduler(opt, warmup_epochs=int(round(warmup_epochs * steps_per_epoch)),
-                                  max_epochs=total_steps, start_value=1.0, end_value=0.0)
-    model, opt = acc.prepare(model, opt)
-    # The scheduler stays unprepared: accelerate would step it num_processes times per step, which
-    # suits per-process batch sizes; ours counts global steps.
-    raw = acc.unwrap_model(model)
-
-    start_epoch, global_step, history = 0, 0, []
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        # keys a checkpoint predates (older versions wrote fewer) are not held against it
-        diff = {k: (ckpt["fingerprint"].get(k), v) for k, v in fingerprint.items()
-                if k in ckpt["fingerprint"] and ckpt["fingerprint"][k] != v}
-        if diff:
-            raise ValueError(f"{ckpt_path}: written by a run with other settings {diff} (checkpoint, now); "
-                             "use another output_dir or resume=False")
-        raw.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") is not None and acc.scaler is not None:
-            acc.scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start_epoch, global_step, history = int(ckpt["epoch"]), int(ckpt["global_step"]), list(ckpt["history"])
-        if acc.is_main_process:
-            log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-
-    def save_checkpoint(epoch: int) -> None:
-        if ckpt_path is None:
-            return
-        if acc.is_main_process:
-            state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": global_step,
-                     "model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                     "rng": _rng_state(), "history": history, "fingerprint": fingerprint}
-            with atomic_path(ckpt_path, suffix=".pt") as tmp:
-                torch.save(state, tmp)
-        acc.wait_for_everyone()
-
-    def knn_eval() -> float | None:
-        from sslguard.knn import extract_features, knn_accuracy
-
-        value = None
-        if acc.is_main_process:
-            kw = dict(batch_size=max(per_proc, 64), image_size=image_size, device=acc.device,
-                      mean=aug0.mean, std=aug0.std, channels_last=channels_last)
-            with acc.autocast():
-                ftr, ltr, _ = extract_features(raw.backbone, knn_train, **kw)
-                fte, lte, _ = extract_features(raw.backbone, knn_test, **kw)
-            value = knn_accuracy(ftr, ltr, fte, lte, k=knn_k, t=knn_t)
-        acc.wait_for_everyone()
-        return value
-
-    loader = DataLoader(
-        TransformDataset(dataset, ResizeUint8(image_size)), batch_size=per_proc, num_workers=num_workers,
-        sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True),
-        collate_fn=collate_uint8, drop_last=True, persistent_workers=num_workers > 0,
-        pin_memory=acc.device.type == "cuda",
+    method, schedule_epochs = _check_arguments(model, epochs, batch_size, schedule_epochs, mixed_precision,
+                                               checkpoint_every, knn_every, knn_train, knn_test)
+    run = _setup_run(
+        model, dataset, accelerator, method=method, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, optimizer=optimizer, warmup_epochs=warmup_epochs, schedule_epochs=schedule_epochs,
+        image_size=image_size, augment=augment, output_dir=output_dir, seed=seed, mixed_precision=mixed_precision,
+        channels_last=channels_last, progress=progress, checkpoint_every=checkpoint_every, knn_every=knn_every,
+        knn_train=knn_train, knn_test=knn_test, knn_k=knn_k, knn_t=knn_t,
     )
-    resident = _preload(dataset, image_size, acc.device, num_workers) if preload else None
-    model.train()
-    train_seconds, images_seen = 0.0, 0
-    for epoch in range(start_epoch, epochs):
-        loader.sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, rank))
-        loss_sum = torch.zeros((), device=acc.device)
-        t0 = time.perf_counter()
-        if resident is not None:
-            # the loader's batches are consecutive runs of its sampler's order (drop_last)
-            order = torch.as_tensor(list(loader.sampler), dtype=torch.long)[: steps_per_epoch * per_proc]
-            batches = ((resident[b.to(acc.device)], None, None) for b in order.view(steps_per_epoch, per_proc))
-        else:
-            batches = loader
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"{method} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (progress and acc.is_main_process))
-        for images, _, _ in bar:
-            x = images.to(acc.device, non_blocking=True)
-            v0, v1 = aug0(x, gen), aug1(x, gen)
-            if channels_last:
-                v0 = v0.contiguous(memory_format=torch.channels_last)
-                v1 = v1.contiguous(memory_format=torch.channels_last)
-            with acc.autocast():
-                loss = model(v0, v1)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
-            sched.step()
-            if isinstance(raw, BYOL):
-                raw.update_momentum(global_step, total_steps)
-            global_step += 1
-            loss_sum += loss.detach().float()
-            if progress and acc.is_main_process and global_step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        if acc.device.type == "cuda":
-            torch.cuda.synchronize(acc.device)
-        train_seconds += time.perf_counter() - t0
-        images_seen += steps_per_epoch * batch_size
-        mean_loss = float(acc.reduce(loss_sum, reduction="mean")) / steps_per_epoch
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"epoch {epoch + 1}: loss is {mean_loss}; lower ssl.lr or use mixed_precision=no")
-        record: dict[str, float] = {"epoch": epoch + 1, "loss": mean_loss, "lr": float(sched.get_last_lr()[0]),
-                                    "seconds": time.perf_counter() - t0}
-        if knn_every and ((epoch + 1) % knn_every == 0 or epoch + 1 == epochs):
-            top1 = knn_eval()
-            if top1 is not None:
-                record["knn_top1"] = top1
-        history.append(record)
-        if acc.is_main_process:
-            msg = f"epoch {epoch + 1}/{epochs} loss {mean_loss:.4f} lr {record['lr']:.4g}"
-            if "knn_top1" in record:
-                msg += f" knn@{knn_k} {record['knn_top1']:.4f}"
-            log.info(msg)
-            if progress:
-                tqdm.write(msg)
-        if checkpoint_every and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            save_checkpoint(epoch + 1)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
-
-    encoder_path = None
-    if out is not None:
-        encoder_path = out / ENCODER_NAME
-        if acc.is_main_process:
-            emeta = {"method": method, "epochs": int(history[-1]["epoch"]) if history else 0,
-                     "image_size": image_size, "mean": list(aug0.mean), "std": list(aug0.std), "seed": seed,
-                     "batch_size": batch_size, "lr": lr, "optimizer": optimizer}
-            if history and "knn_top1" in history[-1]:
-                emeta["knn_top1"] = history[-1]["knn_top1"]
-            emeta.update(meta or {})
-            save_backbone(encoder_path, raw.backbone, emeta)
-            atomic_write_json(out / "history.json", history)
-        acc.wait_for_everyone()
+    _resume_from_checkpoint(run, resume)
+    loader = _prepare_loader(run, dataset, num_workers)
+    resident = _preload(dataset, image_size, run.acc.device, num_workers) if preload else None
+    run.model.train()
+    for epoch in range(run.start_epoch, epochs):
+        record = _run_epoch(run, epoch, loader, resident)
+        _end_epoch(run, epoch, record, on_epoch_end)
+    encoder_path = _export_encoder(run, optimizer, meta)
+    ckpt_path = run.ckpt_path
     return SSLTrainResult(
-        epochs=epochs, start_epoch=start_epoch, global_step=global_step, history=history, seconds=train_seconds,
-        images_per_second=images_seen / train_seconds if train_seconds > 0 else 0.0, output_dir=out,
+        epochs=epochs, start_epoch=run.start_epoch, global_step=run.global_step, history=run.history,
+        seconds=run.train_seconds,
+        images_per_second=run.images_seen / run.train_seconds if run.train_seconds > 0 else 0.0, output_dir=run.out,
         encoder_path=encoder_path, checkpoint_path=ckpt_path if ckpt_path is not None and ckpt_path.exists() else None,
-    )
-
-
-def train_ssl_from_config(cfg, accelerator=None) -> SSLTrainResult:
-    """Run a :class:`sslguard.config.TrainSSLConfig`: build data (and poison it), model, kNN splits; train.
-
-    Writes ``config.yaml``, ``versions.json`` (and the poison ``manifest`` when ``cfg.attack`` is set)
-    into ``cfg.output_dir`` on the main process, then calls :func:`train_ssl`.
-    """
-    from accelerate import Accelerator
-
-    from sslguard.config import dump_yaml
-    from sslguard.data.attacks import build_attack
-    from sslguard.data.datasets import build_dataset, subset_per_class
-    from sslguard.data.poisoned import poison_dataset
-    from sslguard.models.ssl import build_ssl_model, make_backbone
-    from sslguard.utils.io import atomic_write_text, package_versions
-    from sslguard.utils.seed import seed_everything
-
-    d, s = cfg.data, cfg.ssl
-    acc = accelerator if accelerator is not None else Accelerator(mixed_precision=s.mixed_precision,
-                                                                   cpu=not torch.cuda.is_available())
-    out = Path(cfg.output_dir)
-
-    def dataset(split: str):
-        return build_dataset(d.name, split=split, root=d.root, subset_per_class_n=d.subset_per_class,
-                             seed=cfg.data_seed, on_error=d.on_error, image_size=d.image_size)
-
-    train = dataset(d.split)
-    train_clean = train
-    manifest = None
-    if cfg.attack is not None:
-        a = cfg.attack
-        attack = build_attack(a.name, target=a.target, rate=a.rate, rate_of=a.rate_of, seed=a.seed, **a.params)
-        train, manifest = poison_dataset(train, attack)
-    knn_train = knn_test = None
-    if s.knn_every:
-        if not train_clean.has_labels:
-            raise ValueError(f"ssl.knn_every: the {d.split} split has no labels; set ssl.knn_every=0")
-        knn_train = train_clean if s.knn_train_per_class is None else subset_per_class(train_clean, s.knn_train_per_class,
-                                                                                       cfg.data_seed)
-        knn_test = dataset(d.test_split)
-    if acc.is_main_process:
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        atomic_write_json(out / "versions.json", package_versions())
-        if manifest is not None:
-            manifest.save(out)
-    acc.wait_for_everyone()
-
-    seed_everything(s.seed)
-    model = build_ssl_model(s.method, make_backbone(s.backbone, **s.backbone_args()), **s.model_args())
-    augment = ssl_augmentations(s.method, d.image_size, min_scale=s.min_scale)
-    return train_ssl(
-        model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-        optimizer=s.optimizer, warmup_epochs=s.warmup_epochs, image_size=d.image_size, augment=augment,
-        output_dir=out, seed=s.seed, mixed_precision=s.mixed_precision, channels_last=s.channels_last,
-        checkpoint_every=s.checkpoint_every, resume=cfg.resume, knn_every=s.knn_every, knn_train=knn_train,
-        knn_test=knn_test, knn_k=s.knn_k, knn_t=s.knn_t, num_workers=d.num_workers, accelerator=acc,
-        progress=cfg.progress, meta={"dataset": d.name, "attack": cfg.attack.name if cfg.attack else None},
     )

@@ -24,7 +24,7 @@ def _script():
 
 def test_poison_script_writes_manifest_and_preview(tmp_path):
     out, preview = tmp_path / "run", tmp_path / "grid.png"
-    rc = _script().main(["--config", str(ROOT / "configs" / "poison_digits_htba.yaml"), f"output_dir={out}",
+    rc = _script().main(["--config", str(ROOT / "sslguard" / "configs" / "poison" / "poison_digits_htba.yaml"), f"output_dir={out}",
                          "--preview", str(preview), "attack.rate=0.4", "attack.seed=5"])
     assert rc == 0
     man = PoisonManifest.load(out / "manifest.json")
@@ -41,7 +41,7 @@ def test_poison_script_writes_manifest_and_preview(tmp_path):
 
 
 def test_poison_script_reports_config_errors(tmp_path, capsys):
-    rc = _script().main(["--config", str(ROOT / "configs" / "poison_digits_htba.yaml"), f"output_dir={tmp_path}",
+    rc = _script().main(["--config", str(ROOT / "sslguard" / "configs" / "poison" / "poison_digits_htba.yaml"), f"output_dir={tmp_path}",
                          "attack.rate_of=everything"])
     assert rc == 2
     assert "attack.rate_of" in capsys.readouterr().err

@@ -45,10 +45,30 @@ def test_invalid_results_are_rejected():
         DetectionResult("x", [1, 2], [0, 0], [0, 0], 0.0, evidence={"c": np.zeros(3)})
 
 
-def test_registry_rejects_duplicates():
-    register_detector("_test_only")(lambda: None)
+def test_registry_rejects_duplicates_and_unknown_stages():
+    register_detector("_test_only", stage="ssl")(lambda: None)
     with pytest.raises(ValueError, match="twice"):
-        register_detector("_test_only")(lambda: None)
+        register_detector("_test_only", stage="ssl")(lambda: None)
+    with pytest.raises(ValueError, match="stage"):
+        register_detector("_test_other", stage="training")(lambda: None)
+
+
+def test_registry_records_stage_and_needs():
+    from sslguard.detectors.base import STAGE_INPUTS, detector_spec, list_detectors
+
+    assert set(list_detectors("ssl")) >= {"poisoncam", "patchsearch", "density"}
+    assert set(list_detectors("classifier")) >= {"activation_clustering", "heatmap_clustering", "critical_layer",
+                                                 "spectral"}
+    assert "linf_pruning" not in list_detectors()  # a repair, not a detector
+    for name in list_detectors():
+        spec = detector_spec(name)
+        if name.startswith("_test"):
+            continue
+        # every built-in detector can run on what its stage hands it
+        assert not spec.missing(set(STAGE_INPUTS[spec.stage])), (name, spec.needs)
+    assert detector_spec("critical_layer").needs == ("model", "dataset", "benign")
+    with pytest.raises(ValueError, match="unknown detector"):
+        detector_spec("nope")
 
 
 def test_otsu_threshold_cuts_in_the_valley_of_a_bimodal_sample():

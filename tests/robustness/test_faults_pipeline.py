@@ -13,7 +13,7 @@ import pytest
 
 from tests.robustness.killing import ROOT, kill_when, run
 
-CONFIG = ROOT / "configs" / "quickstart.yaml"
+CONFIG = ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml"
 OVERRIDES = ["data.subset_per_class=20", "data.image_size=16", "ssl.width=4", "ssl.epochs=2", "ssl.batch_size=32",
              "ssl.proj_dim=8", "ssl.hidden_dim=16", "cluster.k=5", "classifier.epochs=1", "classifier.width=4",
              "embed.batch_size=32", "detectors.batch_size=32", "report.top_k=2",

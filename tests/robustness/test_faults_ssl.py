@@ -42,7 +42,7 @@ def _assert_nothing_partial(out) -> None:
 def test_sigkill_during_training_then_resume_matches_uninterrupted(tmp_path):
     from sslguard.config import TrainSSLConfig, load_config
     from sslguard.models.ssl import load_backbone
-    from sslguard.train.ssl import train_ssl_from_config
+    from sslguard.pipeline.encoder import train_ssl_from_config
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # the uninterrupted run, in this process (the same library call the script makes)

@@ -83,7 +83,7 @@ def test_pipeline_under_torchrun_writes_one_row_per_index_like_one_process(tmp_p
     ov = [f"encoder={enc}", "data.subset_per_class=20", "data.image_size=16", "cluster.k=5", "embed.batch_size=16",
           "detectors.ssl=[poisoncam]", "detectors.classifier=[spectral]", "fusion.detectors=null", "classifier.epochs=1",
           "classifier.width=4", "report.top_k=0", f"output_dir={tmp_path}"]
-    cfg = ROOT / "configs" / "quickstart.yaml"
+    cfg = ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", str(ROOT / "scripts" / "detect.py"), "--quiet", "--config", str(cfg),
            *ov, "name=two"]

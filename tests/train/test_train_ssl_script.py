@@ -24,13 +24,13 @@ TINY = ["data.subset_per_class=8", "data.image_size=16", "ssl.width=4", "ssl.epo
 
 @pytest.mark.parametrize("name", ["quickstart_ssl", "cifar10_simclr", "cifar10_byol"])
 def test_shipped_configs_load(name):
-    cfg = load_config(TrainSSLConfig, ROOT / "configs" / f"{name}.yaml")
+    cfg = load_config(TrainSSLConfig, ROOT / "sslguard" / "configs" / "train_ssl" / f"{name}.yaml")
     assert cfg.ssl.method in ("simclr", "byol") and cfg.ssl.epochs >= 1
 
 
 @pytest.mark.parametrize("name", ["imagenet100_simclr_resnet18", "imagenet100_byol_resnet50"])
 def test_imagenet_configs_stop_clearly_until_root_is_set(name, tmp_path):
-    path = ROOT / "configs" / f"{name}.yaml"
+    path = ROOT / "sslguard" / "configs" / "train_ssl" / f"{name}.yaml"
     with pytest.raises(ConfigError, match="data.root: path does not exist"):
         load_config(TrainSSLConfig, path)
     (tmp_path / "train").mkdir()
@@ -57,7 +57,7 @@ def test_model_and_backbone_args():
 
 def test_script_trains_writes_config_versions_encoder(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = _script().main(["--config", str(ROOT / "configs" / "quickstart_ssl.yaml"), *TINY, f"output_dir={out}",
+    rc = _script().main(["--config", str(ROOT / "sslguard" / "configs" / "train_ssl" / "quickstart_ssl.yaml"), *TINY, f"output_dir={out}",
                          "attack={name: htba, target: 3, rate: 0.5, params: {size_fraction: 0.25}}"])
     assert rc == 0
     assert "kNN top-1" in capsys.readouterr().out

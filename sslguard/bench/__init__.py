@@ -1,1 +1,0 @@
-"""Benchmarks: reproducible measurements behind the defaults and the numbers in the docs."""

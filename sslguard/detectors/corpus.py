@@ -1,0 +1,90 @@
+"""The corpus under a cluster model: what the cluster-based SSL detectors (PoisonCAM, PatchSearch) share.
+
+:func:`prepare_embeddings_and_clusters` checks (or computes) the encoder's normalised embeddings and
+their k-means clusters; :class:`Corpus` gives batched access to the images together with the cluster
+model (:class:`sslguard.cam.ClusterModel`: cosine similarity of an image's embedding to each centroid)
+and the masking and pasting probes both detectors run on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked_drop, search_windows
+from sslguard.cluster import ClusterResult, kmeans
+from sslguard.poison_classifier import paste_many, paste_places
+
+__all__ = ["Corpus", "prepare_embeddings_and_clusters"]
+
+
+def prepare_embeddings_and_clusters(backbone, dataset, embeddings, clusters, *, k, seed, batch_size, image_size,
+                                    ) -> tuple[np.ndarray, ClusterResult]:
+    """Embeddings (computed when not given) and k-means clusters (fitted when not given), checked for size."""
+    if embeddings is None:
+        from sslguard.embed import embed_dataset
+
+        _, embeddings = embed_dataset(backbone, dataset, batch_size=batch_size, image_size=image_size,
+                                      normalize=True, progress=False)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if len(embeddings) != len(dataset):
+        raise ValueError(f"{len(embeddings)} embeddings for a dataset of {len(dataset)} images")
+    if clusters is None:
+        clusters = kmeans(embeddings, k, spherical=True, seed=seed)
+    if clusters.n != len(dataset):
+        raise ValueError(f"clusters were fitted on {clusters.n} rows, the dataset has {len(dataset)} images")
+    return embeddings, clusters
+
+
+class Corpus:
+    """Batched image access + cluster model, shared by the steps of the cluster-based detectors."""
+
+    def __init__(self, backbone, dataset, centroids, batch_size, image_size, device):
+        self.dataset, self.batch_size, self.image_size, self.device = dataset, batch_size, image_size, device
+        self.model = ClusterModel(backbone, centroids).to(device).eval()
+
+    def images(self, pos: np.ndarray) -> torch.Tensor:
+        return load_uint8(self.dataset, pos, self.image_size).to(self.device)
+
+    def cam_and_mask(self, positions: np.ndarray, targets: np.ndarray, window: int, fill: str):
+        """Grad-CAM window of cluster ``targets`` and the activation drop when it is masked, for ``positions``."""
+        drop = np.zeros(len(positions), np.float32)
+        base = np.zeros(len(positions), np.float32)
+        boxes = np.zeros((len(positions), 4), np.int64)
+        for s in range(0, len(positions), self.batch_size):
+            pos = positions[s:s + self.batch_size]
+            t = torch.as_tensor(targets[s:s + len(pos)], device=self.device)
+            imgs = self.images(pos)
+            cam, scores, _ = grad_cam(self.model, imgs, t)
+            b, _ = best_window(cam, window)
+            act = scores.gather(1, t[:, None])[:, 0]
+            d, _ = masked_drop(self.model, imgs, b.cpu().numpy(), t, act, fill)
+            drop[s:s + len(pos)], base[s:s + len(pos)] = d.cpu().numpy(), act.cpu().numpy()
+            boxes[s:s + len(pos)] = b.cpu().numpy()
+        return drop, boxes, base
+
+    @torch.no_grad()
+    def paste_rate(self, patches: list[torch.Tensor], test_pos: np.ndarray, cluster: int,
+                   rng: np.random.Generator) -> float:
+        """Share of (patch, test image) pairs whose pasted copy the cluster model assigns to ``cluster``."""
+
+        imgs = self.images(test_pos)
+        hits, total = 0, 0
+        for p in patches:
+            out = paste_many(imgs, [p] * len(imgs), paste_places(rng, [p] * len(imgs), imgs.shape[-1]))
+            for s in range(0, len(out), self.batch_size):
+                hits += int((self.model(out[s:s + self.batch_size]).argmax(1) == cluster).sum())
+            total += len(out)
+        return hits / max(total, 1)
+
+    def search(self, positions: np.ndarray, targets: np.ndarray, grid: np.ndarray, fill: str):
+        """Exhaustive sliding-window masking: best drop and box per image."""
+        drop = np.zeros(len(positions), np.float32)
+        boxes = np.zeros((len(positions), 4), np.int64)
+        per = max(1, self.batch_size // len(grid))  # images per chunk so one chunk is ~batch_size masked copies
+        for s in range(0, len(positions), per):
+            pos = positions[s:s + per]
+            t = torch.as_tensor(targets[s:s + len(pos)], device=self.device)
+            d, b, _ = search_windows(self.model, self.images(pos), t, grid, fill, self.batch_size)
+            drop[s:s + len(pos)], boxes[s:s + len(pos)] = d.cpu().numpy(), b.cpu().numpy()
+        return drop, boxes

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks package (benchmarks/ at the repository root), one file per benchmark module."""
