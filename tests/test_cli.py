@@ -24,3 +24,22 @@ def test_missing_image_folder_names_the_folder(tmp_path):
              f"output_dir={tmp_path / 'out'}")
     assert p.returncode in (1, 2) and "Traceback" not in p.stderr
     assert str(tmp_path) in p.stderr
+
+
+def test_installed_command_works_from_any_directory(tmp_path):
+    """`sslguard detect --help` from outside the checkout: configs ship with the package."""
+    import shutil
+
+    cmds = [[sys.executable, "-m", "sslguard.cli"]]
+    exe = shutil.which("sslguard", path=str(Path(sys.executable).parent))
+    if exe:  # the [project.scripts] entry point of an installed package
+        cmds.append([exe])
+    for cmd in cmds:
+        p = subprocess.run([*cmd, "detect", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert "quickstart" in p.stdout and "cluster.k" in p.stdout
+    p = subprocess.run([*cmds[0], "detect", "--config", "nope"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "shipped detect configs" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([*cmds[0], "frobnicate"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "commands: detect, train, poison, benchmark" in p.stderr

@@ -15,7 +15,18 @@ from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked
 from sslguard.cluster import ClusterResult, kmeans
 from sslguard.poison_classifier import paste_many, paste_places
 
-__all__ = ["Corpus", "prepare_embeddings_and_clusters"]
+__all__ = ["Corpus", "mutual_nearest", "prepare_embeddings_and_clusters"]
+
+
+def mutual_nearest(centroids: np.ndarray) -> np.ndarray:
+    """Each cluster's *twin*: the cluster whose centroid is its nearest (cosine) when that one's nearest is
+    it in turn; -1 when the nearest is not mutual. Pairs only: a group split three ways is not joined."""
+    c = np.asarray(centroids, dtype=np.float64)
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    sim = c @ c.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = sim.argmax(1)
+    return np.where(nearest[nearest] == np.arange(len(c)), nearest, -1)
 
 
 def prepare_embeddings_and_clusters(backbone, dataset, embeddings, clusters, *, k, seed, batch_size, image_size,
@@ -39,9 +50,16 @@ def prepare_embeddings_and_clusters(backbone, dataset, embeddings, clusters, *, 
 class Corpus:
     """Batched image access + cluster model, shared by the steps of the cluster-based detectors."""
 
-    def __init__(self, backbone, dataset, centroids, batch_size, image_size, device):
+    def __init__(self, backbone, dataset, centroids, batch_size, image_size, device, twins: bool = True):
         self.dataset, self.batch_size, self.image_size, self.device = dataset, batch_size, image_size, device
         self.model = ClusterModel(backbone, centroids).to(device).eval()
+        # k-means above a corpus' natural groups may split one tight trigger group in two mutually nearest
+        # halves; a pasted trigger then lands in either, so arrivals count for the pair (``group``)
+        self.twin = mutual_nearest(centroids) if twins else np.full(len(centroids), -1)
+
+    def group(self, c: int) -> np.ndarray:
+        """Cluster ``c`` and its twin (:func:`mutual_nearest`), the clusters a paste into ``c`` may reach."""
+        return np.asarray([c] if self.twin[c] < 0 else [c, int(self.twin[c])])
 
     def images(self, pos: np.ndarray) -> torch.Tensor:
         return load_uint8(self.dataset, pos, self.image_size).to(self.device)
@@ -66,14 +84,15 @@ class Corpus:
     @torch.no_grad()
     def paste_rate(self, patches: list[torch.Tensor], test_pos: np.ndarray, cluster: int,
                    rng: np.random.Generator) -> float:
-        """Share of (patch, test image) pairs whose pasted copy the cluster model assigns to ``cluster``."""
-
+        """Share of (patch, test image) pairs whose pasted copy the cluster model assigns to ``cluster`` (or
+        its twin, :meth:`group`); the test images should lie outside both."""
         imgs = self.images(test_pos)
+        into = torch.as_tensor(self.group(cluster), device=self.device)
         hits, total = 0, 0
         for p in patches:
             out = paste_many(imgs, [p] * len(imgs), paste_places(rng, [p] * len(imgs), imgs.shape[-1]))
             for s in range(0, len(out), self.batch_size):
-                hits += int((self.model(out[s:s + self.batch_size]).argmax(1) == cluster).sum())
+                hits += int(torch.isin(self.model(out[s:s + self.batch_size]).argmax(1), into).sum())
             total += len(out)
         return hits / max(total, 1)
 

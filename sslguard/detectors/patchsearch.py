@@ -8,7 +8,9 @@ CVPR 2023 (our own code, following the paper's algorithm):
    (:mod:`sslguard.cam`).
 2. A fixed *test set* is made of the images nearest each centroid. The *poison score* of a window is
    the number of test images from other clusters that move into the window's cluster when the window
-   is pasted on them: a trigger pulls any image to its cluster, an object part does not.
+   is pasted on them: a trigger pulls any image to its cluster, an object part does not. A move into the
+   cluster's twin (its mutual nearest centroid) counts too, and the twin's test images are not counted
+   (``twin_clusters``): k-means may split one trigger group in two such halves (see PoisonCAM).
 3. *Iterative search*: scoring every image is costly, so each round scores ``samples_per_round``
    random unscored images of every remaining cluster and drops the ``prune_fraction`` of clusters
    whose best score is lowest; when one cluster remains, up to ``final_samples`` of its members are scored.
@@ -28,6 +30,7 @@ Defaults (the measurements behind each: ``benchmarks/defaults.md#patchsearch``):
 - the Otsu cut with the clean bound at ``z=3.5`` instead of the paper's probability cut.
   Evidence: benchmarks/defaults.md#patchsearch (the cut).
 - ``paste_rate=0.5``: PoisonCAM's paste-check bar. Evidence: benchmarks/defaults.md#patchsearch (the cut).
+- ``twin_clusters=True``: as PoisonCAM's. Evidence: benchmarks/twins.md.
 - ``k=20``, ``window_fraction=0.375``, ``n_top_windows=20``, ``classifier_images=2000``,
   ``classifier_epochs=4``: shared with PoisonCAM. Evidence: benchmarks/defaults.md#poisoncam.
 - ``test_per_cluster=16``, ``samples_per_round=8``, ``prune_fraction=0.25``, ``final_samples=64``: the
@@ -115,8 +118,10 @@ def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _T
             pasted.append(paste_many(test.imgs, [patch] * T, test.at))
         with torch.no_grad():
             new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
-        c = assign[pos][:, None]
-        out[s:s + len(pos)] = ((new == c) & (test.cluster[None, :] != c)).sum(1)
+        c, twin = assign[pos][:, None], corpus.twin[assign[pos]][:, None]  # twin -1: no twin, matches nothing
+        into = (new == c) | (new == twin)
+        outside = (test.cluster[None, :] != c) & (test.cluster[None, :] != twin)
+        out[s:s + len(pos)] = (into & outside).sum(1)
     return out
 
 
@@ -166,21 +171,24 @@ def _train_and_score(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray,
     return scores, top, scored, clean_pool, clean_pos
 
 
-def _pull_rate(poison_score: np.ndarray, assign: np.ndarray, test: _TestSet, top: np.ndarray) -> float:
-    """Median share of the other clusters' test images that the top windows pull into their cluster."""
-    n_outside = {c: int((test.cluster != c).sum()) for c in np.unique(assign[top])} if len(top) else {}
+def _pull_rate(poison_score: np.ndarray, assign: np.ndarray, test: _TestSet, top: np.ndarray,
+               twin: np.ndarray) -> float:
+    """Median share of the other clusters' test images that the top windows pull into their cluster (or its
+    twin; the test images of both are not counted)."""
+    n_outside = {c: int(((test.cluster != c) & (test.cluster != twin[c])).sum())
+                 for c in np.unique(assign[top])} if len(top) else {}
     top_rates = np.asarray([poison_score[p] / max(1, n_outside[assign[p]]) for p in top], dtype=np.float64)
     return float(np.median(top_rates)) if len(top_rates) else 0.0
 
 
 def _result(dataset, assign, boxes, test: _TestSet, search: _Search, scores, top, scored, clean_pool, clean_pos, *,
-            paste_rate, z, win, timings, t_start, params) -> DetectionResult:
+            twin, paste_rate, z, win, timings, t_start, params) -> DetectionResult:
     """The evidence bar, the flags, the run's record and the :class:`DetectionResult`."""
     n, poison_score = len(assign), search.poison_score
     # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
     # does not. Below the bar the search ended on a cluster without a trigger (an encoder that learned
     # none): the logits still rank, but nothing is flagged.
-    top_rate = _pull_rate(poison_score, assign, test, top)
+    top_rate = _pull_rate(poison_score, assign, test, top, twin)
     threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
     found = top_rate >= paste_rate
     flagged = scores > threshold if found else np.zeros(n, dtype=bool)
@@ -224,6 +232,7 @@ def patchsearch(
     classifier_images: int = 2000,
     classifier_epochs: int = 4,
     paste_rate: float = 0.5,
+    twin_clusters: bool = True,
     z: float = 3.5,
     batch_size: int = 256,
     image_size: int | None = None,
@@ -246,6 +255,8 @@ def patchsearch(
         paste_rate: the evidence bar: the top windows must, at their median, pull at least this share of
             the test images from other clusters into theirs (as PoisonCAM's paste check); below it the
             search found no trigger and nothing is flagged.
+        twin_clusters: a window that pulls test images into its cluster's twin (the mutual nearest
+            centroid) counts them too, as in PoisonCAM: k-means may split one trigger group in two.
         z: robust z of the held-out clean images' MAD bound that the flag threshold never goes under
             (:func:`sslguard.detectors.base.classifier_cut`).
 
@@ -261,7 +272,7 @@ def patchsearch(
                                                            batch_size=batch_size, image_size=image_size)
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
-    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device)
+    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters)
     n, assign = len(dataset), clusters.assignments
     side = int(corpus.images(np.arange(min(1, n))).shape[-1])
     win = window_size(side, window_fraction)
@@ -288,7 +299,7 @@ def patchsearch(
               "samples_per_round": samples_per_round, "prune_fraction": prune_fraction,
               "final_samples": final_samples, "n_top_windows": n_top_windows,
               "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
-              "paste_rate": paste_rate, "z": z,
+              "paste_rate": paste_rate, "twin_clusters": twin_clusters, "z": z,
               "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, assign, boxes, test, search, scores, top, scored, clean_pool, clean_pos,
-                   paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)
+                   twin=corpus.twin, paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)

@@ -19,7 +19,10 @@ This implementation (our own code, following the idea) runs in four steps:
    of them into the cluster. What was erased is a trigger when it also *brings* images in; a part of a
    clean object (a wing, a stroke of a digit) rarely does. Every cluster of at least
    ``min_cluster_size`` members is checked (``support_z=-inf``): the size of the masking drop alone
-   does not single out the trigger cluster (see *Why the paste check decides* below).
+   does not single out the trigger cluster (see *Why the paste check decides* below). A pasted image
+   that lands in the cluster's *twin* counts too (``twin_clusters``; the twin is the cluster whose
+   centroid is the mutual nearest, and the test images come from outside both): see *Split trigger
+   groups* below.
 3. **Mask the corpus** against each confirmed cluster c*: every image gets Grad-CAM *of c** (so
    poisons outside the cluster are scored too) and the drop of c*'s activation when that window is
    masked; the likeliest poisons (c*'s members and as many again by drop) whose Grad-CAM window did
@@ -47,6 +50,13 @@ cluster also sits next to its clean twin (triggered zeros beside clean zeros), s
 drop already changes the cluster. The paste check separated trigger from clean clusters there as on
 every case measured, with a wide margin: it is now the confirmation, for every cluster.
 
+Split trigger groups (the root cause of the failure on the quickstart under AVX2 kernels): above a
+corpus' natural groups, k-means may split one tight trigger group into two halves whose centroids are
+each other's nearest; whether it does flips with the CPU's float order. A pasted trigger then lands in
+either half, so each half alone pulls fewer than half of the pasted images and neither was confirmed,
+although together they pull nearly all; clean clusters' windows pull few images into a cluster or its
+twin. Counting the pair keeps the evidence whole (``benchmarks/twins.md``).
+
 Defaults (the measurements behind each: ``benchmarks/defaults.md#poisoncam``):
 
 - ``window_fraction=0.375``, ``stride_fraction=0.125``: a window of side w on a stride s fully covers
@@ -62,6 +72,7 @@ Defaults (the measurements behind each: ``benchmarks/defaults.md#poisoncam``):
   pasted images must join (the bar ``learned_verdict`` uses for triggered test images), every cluster
   is checked, the masking z alone confirms nothing. Evidence: benchmarks/defaults.md#poisoncam (z and
   the confirmation).
+- ``twin_clusters=True``: a split trigger group is confirmed as a pair. Evidence: benchmarks/twins.md.
 - ``n_paste_windows=8``, ``n_paste_test=32``: the paste check's sample. Evidence:
   benchmarks/defaults.md#poisoncam (z and the confirmation).
 - ``n_probe=32``, ``n_null=256``: stable medians and MADs at an affordable search cost.
@@ -85,6 +96,9 @@ object part and flags the images that show it. The trigger must be a distinct cl
 ``k``: when k-means merges the poisons with clean images of their class (k at or below the number of
 natural groups), the cluster's windows are half object parts and its paste rate falls toward 0.5. Every
 cluster gets the paste check, so the check costs ``k * n_paste_windows * n_paste_test`` forward passes.
+Twins are pairs: a trigger group split three ways, or split with a half whose nearest centroid is a clean
+cluster, is not joined; and a clean cluster whose twin is a trigger half adds nothing by it (its own
+windows carry no trigger).
 """
 
 from __future__ import annotations
@@ -170,9 +184,9 @@ def _check_paste_args(paste_rate: float, n_paste_windows: int, n_paste_test: int
 
 
 def _make_run(backbone, dataset, clusters, *, window_fraction, stride_fraction, fill, batch_size, image_size,
-              device) -> _Run:
+              device, twin_clusters) -> _Run:
     """The corpus under the cluster model, with the masking window and the exhaustive search grid."""
-    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device)
+    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters)
     side = int(corpus.images(np.arange(min(1, len(dataset)))).shape[-1])
     win = window_size(side, window_fraction)
     grid = sliding_boxes((side, side), win, max(1, window_size(side, stride_fraction)))
@@ -201,7 +215,7 @@ def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, past
     mine_pos = np.flatnonzero(mine)
     pick = mine_pos[np.argsort(-probes.drop[mine_pos], kind="stable")[:n_paste_windows]]
     patches = crop_windows(run.corpus.images(probes.pos[pick]), probes.box[pick])
-    others = np.flatnonzero(run.assign != c)
+    others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
     test_pos = np.sort(paste_rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
     return run.corpus.paste_rate(patches, test_pos, c, paste_rng)
 
@@ -230,6 +244,7 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
         elif paste_check and rz >= support_z:
             rate = _confirm_by_paste(run, probes, c, mine, paste_rng, n_paste_windows, n_paste_test)
             cand_stats[c]["paste_rate"] = rate
+            cand_stats[c]["paste_into"] = run.corpus.group(c).tolist()
             if rate >= paste_rate:
                 confirmed.append(c)
                 cand_stats[c]["confirmed_by"] = "masking+paste"
@@ -386,6 +401,7 @@ def poisoncam(
     paste_rate: float = 0.5,
     n_paste_windows: int = 8,
     n_paste_test: int = 32,
+    twin_clusters: bool = True,
     classifier: bool = True,
     n_top_windows: int = 20,
     classifier_images: int = 2000,
@@ -416,6 +432,9 @@ def poisoncam(
             with the largest drops; step 2).
         support_z, paste_rate, n_paste_windows, n_paste_test: see ``paste_check``. ``paste_rate`` above 1
             records every checked cluster's rate without confirming any (with ``support_z=-inf``: a diagnostic).
+        twin_clusters: count a paste that lands in the cluster's twin (the cluster whose centroid is its
+            mutual nearest) as an arrival, and draw the paste test images from outside both: k-means may split
+            one trigger group in two such halves.
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
@@ -434,7 +453,7 @@ def poisoncam(
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
     run = _make_run(backbone, dataset, clusters, window_fraction=window_fraction, stride_fraction=stride_fraction,
-                    fill=fill, batch_size=batch_size, image_size=image_size, device=device)
+                    fill=fill, batch_size=batch_size, image_size=image_size, device=device, twin_clusters=twin_clusters)
     try:
         t = time.perf_counter()
         probes = _probe_clusters(run, rng, n_probe)
@@ -458,7 +477,7 @@ def poisoncam(
               "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "paste_check": paste_check,
               "support_z": support_z if np.isfinite(support_z) else None,
               "paste_rate": paste_rate, "n_paste_windows": n_paste_windows, "n_paste_test": n_paste_test,
-              "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
+              "twin_clusters": twin_clusters, "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
               "classifier_epochs": classifier_epochs,
               "seed": seed, "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, run, conf, mask, scores, threshold, top, final_stage, classifier_info, timings, t_start,

@@ -145,3 +145,56 @@ def test_an_encoder_that_learned_no_trigger_flags_nothing(seed):
     assert res.info["mode"] == "screen_only" and res.info["confirmed_clusters"] == []
     assert not res.flagged.any() and res.info["evidence"].startswith("none")
     assert max(v["paste_rate"] for v in res.info["cluster_stats"].values()) < 0.4
+
+
+def _split_trigger_cluster(c, emb, clusters):
+    """The planted clusters with the whole trigger group split in two halves along its first principal axis,
+    as k-means does on some CPUs' float order (the quickstart under AVX2 kernels: 39 and 32 members)."""
+    from sslguard.cluster import ClusterResult
+
+    trig = _trigger_clusters(c, clusters)
+    assert len(trig) <= 2, trig
+    a, b = trig[0], trig[1] if len(trig) == 2 else clusters.k
+    k = max(clusters.k, b + 1)
+    mem = np.flatnonzero(np.isin(clusters.assignments, trig))
+    x = emb[mem] - emb[mem].mean(0)
+    side = x @ np.linalg.svd(x, full_matrices=False)[2][0] > 0
+    assign = clusters.assignments.copy()
+    assign[mem], assign[mem[side]] = a, b
+    cents = np.vstack([clusters.centroids, np.zeros((k - clusters.k, emb.shape[1]), np.float32)])
+    for j in (a, b):
+        m = emb[assign == j].mean(0)
+        cents[j] = m / np.linalg.norm(m)
+    dist = np.einsum("nd,nd->n", emb, cents[assign])
+    return ClusterResult(assign, cents, dist, k, 0.0), a, b
+
+
+def test_mutual_nearest_pairs_only_mutual_centroids():
+    from sslguard.detectors.corpus import mutual_nearest
+
+    cents = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [-0.5, 0.87], [-0.9, 0.44]])
+    # 0<->1 and 2<->3 are mutual; 4's nearest is 3, whose nearest is 2: no twin
+    np.testing.assert_array_equal(mutual_nearest(cents), [1, 0, 3, 2, -1])
+
+
+def test_a_trigger_group_split_over_two_clusters_is_confirmed_as_a_pair(case):
+    """k-means may split a tight trigger group in two mutually nearest halves: a pasted trigger then lands
+    in either, so each half alone pulls fewer pasted images than the bar. Arrivals into the pair count."""
+    c, emb, clusters = case
+    split, a, b = _split_trigger_cluster(c, emb, clusters)
+    kw = dict(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=split, n_probe=8, n_null=48,
+              classifier_images=300, classifier_epochs=3, seed=0)
+    res = get_detector("poisoncam")(**kw)
+    stats = res.info["cluster_stats"]
+    assert sorted(stats[a]["paste_into"]) == sorted([a, b]), stats[a]
+    assert set(res.info["confirmed_clusters"]) == {a, b}
+    m = detection_metrics(res.scores, res.flagged, c.truth)
+    assert m["recall"] > 0.9 and m["precision"] > 0.9, m
+    # clean clusters, their twins counted too, stay far under the bar
+    clean = [s["paste_rate"] for k, s in stats.items() if k not in (a, b) and "paste_rate" in s]
+    assert clean and max(clean) < 0.3, clean
+    ps = get_detector("patchsearch")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=split,
+                                     classifier_images=300, classifier_epochs=3, seed=0)
+    assert ps.info["final_cluster"][0] in (a, b) and ps.info["top_window_pull_rate"] >= 0.5, ps.info
+    pm = detection_metrics(ps.scores, ps.flagged, c.truth)
+    assert pm["recall"] > 0.9 and pm["precision"] > 0.9, pm
