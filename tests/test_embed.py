@@ -69,3 +69,13 @@ def test_two_processes_give_exactly_one_row_per_index(tmp_path):
     keys, out = extract(ds, lambda x: x.float().mean(dim=(1, 2, 3)), batch_size=5, progress=False)
     assert len(got["keys"]) == 37 and len(np.unique(got["keys"])) == 37
     assert np.array_equal(got["keys"], keys) and np.allclose(got["f"], out["features"])
+
+
+def test_progress_bars_are_quiet_when_not_on_a_terminal(capsys):
+    """progress=True draws a bar on a terminal only: logs and CI output stay free of bar lines."""
+    from sslguard.models import create_backbone
+
+    ds = load_digits_dataset("test", size=16).subset(np.arange(40))
+    embed_dataset(create_backbone("convnet4", width=4), ds, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "%|" not in err, err[-500:]

@@ -385,7 +385,7 @@ class ImageFolderDataset(IndexedDataset):
 
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
             it = pool.map(one, paths)
-            return list(tqdm(it, total=len(paths), desc=f"checking {self.root.name}", disable=not progress, leave=False))
+            return list(tqdm(it, total=len(paths), desc=f"checking {self.root.name}", disable=None if progress else True, leave=False))
 
     def load_image(self, pos: int) -> Image.Image:
         return load_rgb(self._paths[pos], self.max_pixels)

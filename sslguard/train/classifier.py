@@ -287,7 +287,7 @@ def train_classifier(
     rank = accelerator.process_index if accelerator is not None else 0
     history = TrainHistory()
     t0 = time.perf_counter()
-    loop.bar = tqdm(total=loop.total_steps, desc=f"train ({mode})", disable=not progress or rank != 0, leave=False)
+    loop.bar = tqdm(total=loop.total_steps, desc=f"train ({mode})", disable=None if progress and rank == 0 else True, leave=False)
     for epoch in range(epochs):
         _set_mode(loop.net if accelerator is None else accelerator.unwrap_model(loop.net), mode)
         run_loss, run_correct, run_n = _run_epoch(loop, epoch)

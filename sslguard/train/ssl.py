@@ -388,7 +388,7 @@ def _run_epoch(run: _SSLRun, epoch: int, loader: DataLoader, resident: torch.Ten
     t0 = time.perf_counter()
     batches = _epoch_batches(run, loader, resident)
     bar = tqdm(batches, total=run.steps_per_epoch, desc=f"{run.method} epoch {epoch + 1}/{run.epochs}", leave=False,
-               disable=not (run.progress and acc.is_main_process))
+               disable=None if run.progress and acc.is_main_process else True)
     for images, _, _ in bar:
         loss = _train_step(run, images, gen)
         loss_sum += loss.detach().float()
