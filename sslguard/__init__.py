@@ -28,14 +28,14 @@ _LAZY = {
     "ConfigError": "sslguard.config",
     "load_config": "sslguard.config",
     "DetectionResult": "sslguard.detectors.base",
-    "get_detector": "sslguard.detectors.base",
-    "list_detectors": "sslguard.detectors.base",
+    "get_detector": "sslguard.detectors",
+    "list_detectors": "sslguard.detectors",
     "detection_metrics": "sslguard.metrics",
     "build_dataset": "sslguard.data.datasets",
     "PoisonManifest": "sslguard.data.manifest",
     "poison_dataset": "sslguard.data.poisoned",
-    "build_attack": "sslguard.data.attacks.base",
-    "list_attacks": "sslguard.data.attacks.base",
+    "build_attack": "sslguard.data.attacks",
+    "list_attacks": "sslguard.data.attacks",
     "embed_dataset": "sslguard.embed",
     "kmeans": "sslguard.cluster",
     "load_backbone": "sslguard.models.ssl",
@@ -65,5 +65,5 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for editors and type checkers; nothing is imported at run time
     from sslguard.pipeline import detect, load_detect_config
     from sslguard.config import ConfigError, DetectConfig, load_config
-    from sslguard.detectors.base import DetectionResult, get_detector, list_detectors
+    from sslguard.detectors import DetectionResult, get_detector, list_detectors
     from sslguard.pipeline import RunResult, fuse, run_pipeline

@@ -78,7 +78,7 @@ class DetectorsConfig:
     batch_size: int = 256
 
     def validate(self, key: str = "detectors") -> None:
-        from sslguard.detectors.base import STAGE_INPUTS, detector_spec, list_detectors
+        from sslguard.detectors import STAGE_INPUTS, detector_spec, list_detectors
 
         known = list_detectors()
         for group in ("ssl", "classifier"):

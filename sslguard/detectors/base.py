@@ -135,30 +135,6 @@ def register_detector(name: str, stage: str):
     return deco
 
 
-def _builtins() -> None:
-    from sslguard import detectors as _  # noqa: F401  (registers the built-in detectors)
-
-
-def detector_spec(name: str) -> DetectorSpec:
-    """The registry entry of ``name``; an unknown name is an error listing the known ones."""
-    _builtins()
-    try:
-        return DETECTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; choose from {sorted(DETECTORS)}") from None
-
-
-def get_detector(name: str) -> Callable[..., Any]:
-    """The detector function registered as ``name``."""
-    return detector_spec(name).fn
-
-
-def list_detectors(stage: str | None = None) -> list[str]:
-    """Registered detector names (of one ``stage`` when given), sorted."""
-    _builtins()
-    return sorted(n for n, s in DETECTORS.items() if stage is None or s.stage == stage)
-
-
 @dataclass
 class DetectionResult:
     """Scores for every index. ``evidence`` holds arrays aligned with ``index`` (per-image evidence,

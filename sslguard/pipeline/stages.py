@@ -16,7 +16,7 @@ from sslguard.backdoor import triggered_target_rate
 from sslguard.cluster import ClusterResult, kmeans
 from sslguard.config import DetectConfig, dump_yaml, to_dict
 from sslguard.data import subset_per_class
-from sslguard.detectors.base import DetectionResult, detector_spec, get_detector
+from sslguard.detectors import DetectionResult, detector_spec, get_detector
 from sslguard.embed import embed_dataset
 from sslguard.knn import extract_features, knn_accuracy
 from sslguard.metrics import detection_metrics

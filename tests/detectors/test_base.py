@@ -54,7 +54,7 @@ def test_registry_rejects_duplicates_and_unknown_stages():
 
 
 def test_registry_records_stage_and_needs():
-    from sslguard.detectors.base import STAGE_INPUTS, detector_spec, list_detectors
+    from sslguard.detectors import STAGE_INPUTS, detector_spec, list_detectors
 
     assert set(list_detectors("ssl")) >= {"poisoncam", "patchsearch", "density"}
     assert set(list_detectors("classifier")) >= {"activation_clustering", "heatmap_clustering", "critical_layer",

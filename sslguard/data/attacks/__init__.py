@@ -14,7 +14,9 @@ name                      family              paper
 ========================  ==================  =========================================================
 """
 
-from sslguard.data.attacks.base import ATTACKS, Attack, build_attack, list_attacks, register_attack
+from typing import Any
+
+from sslguard.data.attacks.base import ATTACKS, Attack, register_attack
 # Importing each attack module registers it (``@register_attack``).
 from sslguard.data.attacks.badnets import BadNets
 from sslguard.data.attacks.batch import apply_trigger_batch
@@ -29,3 +31,19 @@ __all__ = [
     "ATTACKS", "Attack", "build_attack", "list_attacks", "register_attack", "apply_trigger_batch",
     "BadNets", "Blend", "BlendSupervised", "CTRL", "HTBA", "LabelConsistent", "SIG", "WaNet",
 ]
+
+
+# Lookups live here, not in base.py: importing this package has registered every built-in attack, so
+# base.py never needs to import its own package back (which would be an import cycle).
+def build_attack(name: str, **kwargs: Any) -> Attack:
+    """Instantiate a registered attack by name, e.g. ``build_attack("htba", target=3, rate=0.5)``."""
+    try:
+        cls = ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"attack.name: unknown attack {name!r}; choose from {sorted(ATTACKS)}") from None
+    return cls(**kwargs)
+
+
+def list_attacks() -> list[str]:
+    """Names of the registered attacks, sorted."""
+    return sorted(ATTACKS)

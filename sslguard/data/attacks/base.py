@@ -39,23 +39,6 @@ def register_attack(name: str) -> Callable[[type["Attack"]], type["Attack"]]:
     return deco
 
 
-def build_attack(name: str, **kwargs: Any) -> "Attack":
-    """Instantiate a registered attack by name, e.g. ``build_attack("htba", target=3, rate=0.5)``."""
-    from sslguard.data import attacks as _  # noqa: F401  (registers the built-in attacks)
-
-    try:
-        cls = ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"attack.name: unknown attack {name!r}; choose from {sorted(ATTACKS)}") from None
-    return cls(**kwargs)
-
-
-def list_attacks() -> list[str]:
-    from sslguard.data import attacks as _  # noqa: F401
-
-    return sorted(ATTACKS)
-
-
 class Attack(ABC):
     name: ClassVar[str] = "attack"
     family: ClassVar[str] = "ssl"
