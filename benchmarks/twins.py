@@ -2,7 +2,7 @@
 three oneDNN kernel sets (the float order decides whether k-means splits the trigger group).
 
     python benchmarks/twins.py                       # native, AVX2 and SSE4.1 kernels -> benchmarks/twins.md
-    python benchmarks/twins.py --isa native AVX2 --out /tmp/twins.md
+    python benchmarks/twins.py --isa native AVX2 --extra-k --out /tmp/twins.md   # no finer-k rows
 
 Each kernel set runs in its own process (oneDNN reads ``ONEDNN_MAX_CPU_ISA`` when torch loads): the
 quickstart runs through the pipeline (as ``sslguard detect`` runs it) with 1 and 2 threads, once with
@@ -24,9 +24,10 @@ if str(ROOT) not in sys.path:  # run as a file: the checkout's sslguard, not ano
     sys.path.insert(0, str(ROOT))
 
 
-def _case(isa: str, threads: int, output_dir: str, twins: bool) -> dict:
+def _case(isa: str, threads: int, output_dir: str, twins: bool, k: int = 20) -> dict:
     """The quickstart through the product's path (``sslguard detect``'s pipeline, its seeding and threads),
-    with ``twin_clusters`` set for both detectors; the encoder is trained once per case and cached."""
+    with ``twin_clusters`` set for both detectors and ``cluster.k=k``; the encoder is trained once per case
+    and cached."""
     import numpy as np
 
     from sslguard.cluster import ClusterResult
@@ -34,7 +35,8 @@ def _case(isa: str, threads: int, output_dir: str, twins: bool) -> dict:
     from sslguard.pipeline import Pipeline, load_detect_config
 
     cfg = load_detect_config("quickstart", [f"name=twins_{isa}_{threads}", f"output_dir={output_dir}",
-                                            f"threads={threads}", f"detectors.params.poisoncam.twin_clusters={twins}",
+                                            f"threads={threads}", f"cluster.k={k}",
+                                            f"detectors.params.poisoncam.twin_clusters={twins}",
                                             f"detectors.params.patchsearch.twin_clusters={twins}"])
     result = Pipeline(cfg, quiet=True).run()
     data = Pipeline(cfg, quiet=True).stage_data()
@@ -57,9 +59,12 @@ def _case(isa: str, threads: int, output_dir: str, twins: bool) -> dict:
     return row
 
 
-def _child(isa: str, output_dir: str) -> dict:
-    return {"isa": isa, "cases": {threads: {"single": _case(isa, threads, output_dir, False),
-                                            "twins": _case(isa, threads, output_dir, True)} for threads in (1, 2)}}
+def _child(isa: str, output_dir: str, extra_k: list[int]) -> dict:
+    out = {"isa": isa, "cases": {threads: {"single": _case(isa, threads, output_dir, False),
+                                           "twins": _case(isa, threads, output_dir, True)} for threads in (1, 2)}}
+    # finer clusterings of the same encoders (twins counted): does a larger k avoid the merge?
+    out["finer_k"] = {k: {threads: _case(isa, threads, output_dir, True, k) for threads in (1, 2)} for k in extra_k}
+    return out
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -85,6 +90,20 @@ def _markdown(rows: list[dict]) -> str:
                              f"{pc['flagged']} / {pc['htba_share']:.2f} | {pc['recall']:.3f} / {pc['auroc']:.3f} | "
                              f"{x['patchsearch_pull']:.2f} | {ps['flagged']} / {ps['htba_share']:.2f} | "
                              f"{ps['recall']:.3f} / {ps['auroc']:.3f} |")
+    lines += ["", "## Finer k (twins counted)", "",
+              "The same encoders clustered finer. A larger k can separate a merged trigger group, and it splits",
+              "groups into more parts; twin pairs join two parts, not three or more.", "",
+              "| kernels | threads | k | groups (size/HTBA) | trigger rates | max clean rate | PoisonCAM flags / HTBA "
+              "share | PoisonCAM recall / AUROC | PatchSearch pull | PatchSearch recall / AUROC |", "|" + "---|" * 10]
+    for r in rows:
+        for k, per in r.get("finer_k", {}).items():
+            for threads, x in per.items():
+                groups = ", ".join(f"{c}: {n}/{h}" for c, (n, h) in x["groups"].items())
+                rates = ", ".join("-" if v is None else f"{v:.2f}" for v in x["trigger_rates"])
+                pc, ps = x["poisoncam"], x["patchsearch"]
+                lines.append(f"| {r['isa']} | {threads} | {k} | {groups} | {rates} | {x['max_clean_rate']:.2f} | "
+                             f"{pc['flagged']} / {pc['htba_share']:.2f} | {pc['recall']:.3f} / {pc['auroc']:.3f} | "
+                             f"{x['patchsearch_pull']:.2f} | {ps['recall']:.3f} / {ps['auroc']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -93,17 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isa", nargs="+", default=["native", "AVX2", "SSE41"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "twins.md"))
     ap.add_argument("--output-dir", default="runs")
+    ap.add_argument("--extra-k", nargs="*", type=int, default=[30, 40], help="finer k values run with twins counted")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.output_dir)))
+        print(json.dumps(_child(args.child, args.output_dir, args.extra_k)))
         return 0
     rows = []
     for isa in args.isa:
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
         if isa != "native":
             env.update(ONEDNN_MAX_CPU_ISA=isa, DNNL_MAX_CPU_ISA=isa)
-        proc = subprocess.run([sys.executable, __file__, "--child", isa, "--output-dir", args.output_dir], env=env,
+        proc = subprocess.run([sys.executable, __file__, "--child", isa, "--output-dir", args.output_dir, "--extra-k",
+                               *map(str, args.extra_k)], env=env,
                               capture_output=True, text=True, check=True, cwd=ROOT)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
