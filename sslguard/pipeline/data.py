@@ -46,6 +46,11 @@ class DataBundle:
         names = [m.attack for m in self.manifests]
         return [n if names.count(n) == 1 else f"{n}{i + 1}" for i, n in enumerate(names)]
 
+    def class_name(self, c: int) -> str:
+        """The name of class ``c`` ("" for -1, the id itself when the corpus has no names for it)."""
+        classes = self.train.classes
+        return classes[c] if 0 <= c < len(classes) else ("" if c < 0 else str(c))
+
     def paths(self) -> list[str]:
         return [p or "" for p in self.train.all_paths()]
 

@@ -5,7 +5,7 @@ Computed here (a pipeline step, with the models at hand) so that :mod:`sslguard.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +70,7 @@ def _evidence_box(detections: dict[str, Any], i: int, order: list[str]) -> tuple
 
 
 def gallery_items(top: np.ndarray, *, data, detections: dict[str, Any], fused, backbone, clusters, classifier,
-                  classifier_detectors: list[str], image_size: int,
-                  class_name: Callable[[int], str]) -> list[GalleryItem]:
+                  classifier_detectors: list[str], image_size: int) -> list[GalleryItem]:
     """One :class:`GalleryItem` per position in ``top`` (the flagged images shown in the report).
 
     Evidence from the stage that flagged the image: the classifier's Grad-CAM for a classifier-stage flag
@@ -96,6 +95,6 @@ def gallery_items(top: np.ndarray, *, data, detections: dict[str, Any], fused, b
             src = f"{src or first or 'fused'}, SSL CAM"
             hm = heat[j] if heat is not None else None
         hm = hm if hm is not None and hm.shape == img.shape[:2] else None
-        items.append(GalleryItem(int(keys[i]), img, float(fused.scores[i]), src, class_name(int(labels[i])),
+        items.append(GalleryItem(int(keys[i]), img, float(fused.scores[i]), src, data.class_name(int(labels[i])),
                                  hm, box, None if truth is None else bool(truth[i])))
     return items

@@ -455,15 +455,11 @@ class Pipeline:
     def _report_context(self, data, backbone, embeddings, clusters, detections, fused, metrics, backdoor, retrain,
                         classifier_eval, model, seconds: float) -> ReportContext:
         cfg = self.cfg
-        classes = list(data.train.classes)
-
-        def class_name(c: int) -> str:
-            return classes[c] if 0 <= c < len(classes) else ("" if c < 0 else str(c))
 
         def gallery(top: np.ndarray):
             return gallery_items(top, data=data, detections=detections, fused=fused, backbone=backbone,
                                  clusters=clusters, classifier=model, classifier_detectors=cfg.detectors.classifier,
-                                 image_size=cfg.data.image_size, class_name=class_name)
+                                 image_size=cfg.data.image_size)
 
         return ReportContext(cfg, self.rd, data, embeddings, clusters.assignments, detections, fused, metrics, backdoor,
                              retrain, classifier_eval, seconds, gallery, dict(self.fp), list(self.notices))

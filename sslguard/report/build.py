@@ -66,9 +66,7 @@ def write_report(ctx: ReportContext) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
 
-    def class_name(c: int) -> str:
-        return classes[c] if 0 <= c < len(classes) else ("" if c < 0 else str(c))
-
+    class_name = data.class_name
     def compute() -> None:
         nonlocal summary
         figs: dict[str, bytes] = {}

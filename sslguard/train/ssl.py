@@ -42,14 +42,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from sslguard.data.transforms import ResizeUint8, TransformDataset, collate_uint8
 from sslguard.models.ssl import BYOL, save_backbone
-from sslguard.models.ssl import load_backbone as _load_backbone
 from sslguard.train.augment import BatchAugment, ssl_augmentations
 from sslguard.utils.io import atomic_path, atomic_write_json
 from sslguard.knn import extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
 
-load_backbone = _load_backbone  # re-exported: `from sslguard.train.ssl import load_backbone` keeps working
 
 CHECKPOINT_FORMAT = "sslguard-ssl-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
