@@ -9,12 +9,23 @@ that :class:`BatchAugment` draws from the same distributions.
 
 Why not lightly's transforms: they run per image on PIL images in the loader, which caps CPU SimCLR
 at about 170 images/s while a small ConvNet trains at about 1,500 images/s. Here every random
-parameter is drawn per sample (vectorised, on the CPU from a seeded ``torch.Generator`` so runs repeat
-on any device) and the pixel work runs batched on the images' device (CPU or GPU).
+parameter is drawn per sample, vectorised on the CPU, and the pixel work runs batched on the images'
+device (CPU or GPU).
+
+Random streams: a batch's parameters come either from a seeded ``torch.Generator`` (``gen``: the
+batch's draws depend on its size and order) or from per-image ``keys`` (:func:`view_keys` of seed,
+epoch, image position and view). Keyed draws are a counter-based hash (splitmix64's finaliser of
+``key + j * golden``, Steele et al. 2014, one counter ``j`` per parameter), so an image's view is a
+function of its key alone: the same whichever batch, split or process it is augmented in. Training
+(:func:`sslguard.train.ssl.train_ssl`) uses keys. The pixel work is per sample too (no kernel size or
+reduction order depends on the rest of the batch), so a keyed view is bit-identical in any batch,
+split or thread count on one machine and build (other CPUs or a GPU may round differently).
 
 Limits: crops are resampled bilinearly with ``torchvision.ops.roi_align`` (which averages several
 samples per output pixel when a crop is shrunk, a box-filter antialias rather than PIL's); jitter
-runs on float images, so results differ from PIL's 8-bit arithmetic by rounding (<= 1/255 per op).
+runs on float images, so results differ from PIL's 8-bit arithmetic by rounding (<= 1/255 per op);
+the blur kernel's radius is set by the largest sigma the view can draw (not the batch's), so small
+sigmas get a wider, slightly more exact kernel than torchvision's.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
@@ -50,8 +62,63 @@ class AugmentParams:
     solarize: torch.Tensor  # (N,) bool
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+# Uniform draws per sample and view: 10 crop tries x (area, log ratio), crop position (2), flip, jitter,
+# four jitter factors, four order keys, grey, blur, sigma, solarize.
+DRAWS_PER_VIEW = 36
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment, 2^64 / golden ratio
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a ``uint64`` array (wrapping arithmetic): a bijection that scrambles bits."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _as_u64(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.atleast_1d(np.asarray(values)).astype(np.int64).astype(np.uint64)
+
+
+def view_keys(seed: int, epoch: int, positions, view: int) -> np.ndarray:
+    """Per-image stream keys (``uint64``) of ``positions`` (image positions in the training set) for
+    ``view`` (0 or 1) of ``epoch``: a hash of ``(seed, epoch, view, position)``, one key per position."""
+    h = np.zeros(1, dtype=np.uint64)
+    for part in (seed, epoch, view):
+        h = _mix64(h ^ _mix64(np.array([int(part) & _MASK64], dtype=np.uint64) + _GOLDEN))
+    return _mix64(h ^ _mix64(_as_u64(positions) + _GOLDEN))
+
+
+def keyed_uniforms(keys, k: int) -> torch.Tensor:
+    """``(len(keys), k)`` float64 uniforms in [0, 1): row ``i`` is the first ``k`` outputs of a
+    splitmix64 stream started at ``keys[i]``, so it depends on that key only (53-bit resolution)."""
+    ctr = np.arange(1, k + 1, dtype=np.uint64) * _GOLDEN
+    z = _mix64(_as_u64(keys)[:, None] + ctr[None, :])
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)))
+
+
+class _Draws:
+    """Columns of float64 uniforms, one row per sample: fresh from ``gen``, or read off a keyed table."""
+
+    def __init__(self, n: int, gen: torch.Generator | None, keys=None):
+        self.n, self.gen, self.col = n, gen, 0
+        self.table = None if keys is None else keyed_uniforms(keys, DRAWS_PER_VIEW)
+        if self.table is not None and self.table.shape[0] != n:
+            raise ValueError(f"got {self.table.shape[0]} keys for {n} images")
+
+    def take(self, k: int) -> torch.Tensor:
+        if self.table is None:
+            return torch.rand(self.n, k, generator=self.gen, dtype=torch.float64)
+        if self.col + k > self.table.shape[1]:
+            raise RuntimeError("BatchAugment draws more than DRAWS_PER_VIEW uniforms per sample")
+        self.col += k
+        return self.table[:, self.col - k:self.col]
+
+    def uniform(self, lo: float, hi: float) -> torch.Tensor:
+        return self.take(1)[:, 0] * (hi - lo) + lo
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +170,11 @@ def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``adjust_contrast``: blend with the image's mean grey level."""
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    """Per-sample ``adjust_contrast``: blend with the image's mean grey level.
+
+    The mean is taken over rows, then columns: a one-image reduction over all pixels would switch to a
+    parallel summation order for large images, so the result would depend on the batch size."""
+    mean = _grayscale(x).mean(dim=3, keepdim=True).mean(dim=(1, 2), keepdim=True)
     return _blend(x, mean.expand_as(x), f)
 
 
@@ -120,10 +190,14 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gaussian blur (separable, reflect padding), kernel radius ceil(3 * max sigma)."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None = None) -> torch.Tensor:
+    """Per-sample Gaussian blur (separable, reflect padding), kernel radius ceil(3 * max_sigma).
+
+    ``max_sigma`` defaults to the batch's largest sigma; pass a fixed bound so that an image's result
+    does not depend on the other images of its batch."""
     n, c, hgt, wid = x.shape
-    radius = max(1, min(int(math.ceil(3.0 * float(sigma.max()))), min(hgt, wid) - 1))
+    top = float(sigma.max()) if max_sigma is None else float(max_sigma)
+    radius = max(1, min(int(math.ceil(3.0 * top)), min(hgt, wid) - 1))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-(t.view(1, -1) ** 2) / (2.0 * sigma.to(x.device, x.dtype).view(-1, 1) ** 2))
     k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
@@ -192,17 +266,22 @@ class BatchAugment:
         return f"BatchAugment({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 
     # ------------------------------------------------------------------------------ parameters
-    def sample_crops(self, n: int, height: int, width: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    def sample_crops(self, n: int, height: int, width: int, gen: torch.Generator | None = None, *,
+                     keys=None) -> torch.Tensor:
         """``(n, 4)`` boxes ``x0, y0, w, h``: torchvision's RandomResizedCrop.get_params, vectorised.
 
         Ten tries per sample (area uniform in ``scale``, log aspect ratio uniform in ``ratio``); the
         first that fits is kept, else the central crop with the ratio clamped, exactly as torchvision.
+        ``gen``/``keys``: the random stream, as in :meth:`sample`.
         """
+        return self._crops(_Draws(n, gen, keys), n, height, width)
+
+    def _crops(self, draws: _Draws, n: int, height: int, width: int) -> torch.Tensor:
         area = float(height * width)
-        tries = 10
-        target = area * _uniform(n * tries, *self.scale, gen).view(n, tries)
-        logr = _uniform(n * tries, math.log(self.ratio[0]), math.log(self.ratio[1]), gen).view(n, tries)
-        aspect = torch.exp(logr)
+        u = draws.take(20)
+        target = area * (u[:, 0::2] * (self.scale[1] - self.scale[0]) + self.scale[0])
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(u[:, 1::2] * (hi - lo) + lo)
         w = torch.round(torch.sqrt(target * aspect))
         h = torch.round(torch.sqrt(target / aspect))
         ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -210,7 +289,7 @@ class BatchAugment:
         any_ok = ok.any(dim=1)
         w = w.gather(1, first.view(-1, 1)).squeeze(1)
         h = h.gather(1, first.view(-1, 1)).squeeze(1)
-        u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+        u = draws.take(2)
         y0 = torch.floor(u[:, 0] * (height - h + 1))
         x0 = torch.floor(u[:, 1] * (width - w + 1))
         # fallback: central crop, aspect ratio clamped into the range
@@ -228,25 +307,31 @@ class BatchAugment:
         h = torch.where(any_ok, h, torch.full_like(h, fh))
         return torch.stack((x0, y0, w, h), dim=1).float()
 
-    def sample(self, n: int, height: int, width: int, gen: torch.Generator | None = None) -> AugmentParams:
-        """Draw every random parameter of a batch of ``n`` images of ``height`` x ``width``."""
-        crop = self.sample_crops(n, height, width, gen)
-        flip = torch.rand(n, generator=gen) < self.hflip_prob
-        jitter = torch.rand(n, generator=gen) < self.cj_prob
+    def sample(self, n: int, height: int, width: int, gen: torch.Generator | None = None, *,
+               keys=None) -> AugmentParams:
+        """Draw every random parameter of a batch of ``n`` images of ``height`` x ``width``.
+
+        With ``keys`` (``n`` per-image keys, e.g. :func:`view_keys`) sample ``i``'s parameters are a
+        function of ``keys[i]`` alone and ``gen`` is unused; else all are drawn from ``gen`` (or torch's
+        global generator), so they depend on the batch's size and order."""
+        d = _Draws(n, gen, keys)
+        crop = self._crops(d, n, height, width)
+        flip = d.take(1)[:, 0] < self.hflip_prob
+        jitter = d.take(1)[:, 0] < self.cj_prob
         factors = torch.stack(
             [
-                _uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, gen),
-                _uniform(n, max(0.0, 1 - self.contrast), 1 + self.contrast, gen),
-                _uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, gen),
-                _uniform(n, -self.hue, self.hue, gen),
+                d.uniform(max(0.0, 1 - self.brightness), 1 + self.brightness),
+                d.uniform(max(0.0, 1 - self.contrast), 1 + self.contrast),
+                d.uniform(max(0.0, 1 - self.saturation), 1 + self.saturation),
+                d.uniform(-self.hue, self.hue),
             ],
             dim=1,
         ).float()
-        order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)  # a uniform random permutation per sample
-        gray = torch.rand(n, generator=gen) < self.gray_prob
-        blur = torch.rand(n, generator=gen) < self.blur_prob
-        sigma = _uniform(n, *self.blur_sigma, gen).float()
-        solarize = torch.rand(n, generator=gen) < self.solarize_prob
+        order = torch.argsort(d.take(4), dim=1)  # a uniform random permutation per sample
+        gray = d.take(1)[:, 0] < self.gray_prob
+        blur = d.take(1)[:, 0] < self.blur_prob
+        sigma = d.uniform(*self.blur_sigma).float()
+        solarize = d.take(1)[:, 0] < self.solarize_prob
         return AugmentParams(crop, flip, jitter, factors, order, gray, blur, sigma, solarize)
 
     # ------------------------------------------------------------------------------ pixels
@@ -281,7 +366,7 @@ class BatchAugment:
         blur = p.blur.to(dev)
         if bool(blur.any()):
             idx = torch.nonzero(blur).flatten()
-            x[idx] = gaussian_blur(x[idx], p.sigma.to(dev)[idx])
+            x[idx] = gaussian_blur(x[idx], p.sigma.to(dev)[idx], max_sigma=self.blur_sigma[1])
         sol = p.solarize.to(dev)
         if bool(sol.any()):
             solar = torch.where(x >= self.solarize_threshold, 1.0 - x, x)
@@ -290,8 +375,9 @@ class BatchAugment:
         std = torch.as_tensor(self.std, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(images, self.sample(images.shape[0], images.shape[2], images.shape[3], gen))
+    def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None, *, keys=None) -> torch.Tensor:
+        """One view of ``images``; ``gen``/``keys`` choose the random stream as in :meth:`sample`."""
+        return self.apply(images, self.sample(images.shape[0], images.shape[2], images.shape[3], gen, keys=keys))
 
 
 # The recipe of ssl_augmentations. Every view: crop scale (min_scale or 0.08, 1), colour jitter with p=0.8 and

@@ -14,15 +14,30 @@ Choices and why:
   then cosine decay per step (lightly's ``CosineWarmupScheduler``). This is the recipe of lightly's
   CIFAR-10 benchmarks at batch 128-512; LARS (``optimizer="lars"``) only pays off at the 4k batches
   of the papers, and Adam(W) (``"adamw"``, lr 1e-3 * bs/256) is offered for tiny or unstable runs.
-- Data order: a ``DistributedSampler`` seeded by ``(seed, epoch)``; augmentation draws from a CPU
-  generator seeded by ``(seed, epoch, rank)``. Both depend only on the epoch, so a run resumed from an
-  epoch checkpoint replays exactly what the uninterrupted run would have done.
+- Data order and views, the same at any process count: each epoch is one permutation of the images
+  seeded by ``(seed, epoch)``, cut into global batches; process ``r`` of ``P`` takes the ``r``-th
+  contiguous slice of each global batch, so the processes' slices, in rank order, are the one-process
+  batch. Each view of each image is augmented from its own random stream keyed by ``(seed, epoch,
+  image position, view)`` (:func:`sslguard.train.augment.view_keys`), so an image gets the same two
+  views whichever process augments it. Both depend only on the epoch, so a run resumed from an epoch
+  checkpoint replays exactly what the uninterrupted run would have done.
 - Checkpoints (every ``checkpoint_every`` epochs and at the end) hold model (incl. BYOL's momentum
   network), optimizer, scheduler, grad scaler, RNG states, epoch, step and history; written
   atomically and read with ``torch.load(weights_only=True)`` (plain tensors and numbers only).
 
-Limits: resume is at epoch granularity (a crash mid-epoch repeats that epoch); BatchNorm statistics
-are per process; the kNN monitor runs on the main process only.
+Invariant across process counts: which images make up each global step and in what order, their
+augmented views (bit-identical), SimCLR's negatives (the loss gathers the global batch), the
+learning-rate and momentum schedules and the global batch size. Not invariant: (1) BatchNorm
+statistics are per process (each normalises over its own slice; the model is not converted to
+SyncBatchNorm), which changes losses and weights by an amount that grows as the slice shrinks, and the
+running statistics the encoder keeps for evaluation are rank 0's (DDP broadcasts its buffers), estimated
+from its slices only; (2) DDP's gradient all-reduce and the gathered loss sum in another order than one
+process does (float rounding, around 1e-7 relative, which training can amplify over many steps). With
+per-sample normalisation instead of BatchNorm, 1 and 2 processes give the same loss curve and weights to
+float rounding (tests/train/test_process_invariance.py).
+
+Limits: resume is at epoch granularity (a crash mid-epoch repeats that epoch); a checkpoint resumes
+only at the process count that wrote it; the kNN monitor runs on the main process only.
 """
 
 from __future__ import annotations
@@ -38,11 +53,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from sslguard.data.transforms import ResizeUint8, TransformDataset, collate_uint8
 from sslguard.models.ssl import BYOL, save_backbone
-from sslguard.train.augment import BatchAugment, ssl_augmentations
+from sslguard.train.augment import BatchAugment, ssl_augmentations, view_keys
 from sslguard.utils.io import atomic_path, atomic_write_json
 from sslguard.knn import extract_features, knn_accuracy
 
@@ -223,7 +238,7 @@ def _split_batch(dataset, batch_size: int, world: int) -> tuple[int, int]:
     if batch_size % world:
         raise ValueError(f"ssl.batch_size: {batch_size} is not divisible by the {world} processes")
     per_proc = batch_size // world
-    steps_per_epoch = (len(dataset) // world) // per_proc
+    steps_per_epoch = len(dataset) // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"ssl.batch_size: {batch_size} is larger than the dataset ({len(dataset)} images); "
                          "lower it (batches are drop_last)")
@@ -334,32 +349,80 @@ def _evaluate_knn(run: _SSLRun) -> float | None:
     return value
 
 
+def epoch_batches(seed: int, epoch: int, n_images: int, batch_size: int, world: int = 1,
+                  rank: int = 0) -> torch.Tensor:
+    """``(steps, batch_size // world)`` image positions that process ``rank`` of ``world`` trains on in
+    ``epoch``: one permutation of ``n_images`` seeded by ``(seed, epoch)``, cut into ``len // batch_size``
+    global batches (the rest is dropped), of which this process takes the ``rank``-th contiguous slice.
+    The slices of all ranks, concatenated in rank order, are the one-process batches."""
+    if batch_size % world or not 0 <= rank < world:
+        raise ValueError(f"epoch_batches: batch_size {batch_size} over {world} processes, rank {rank}")
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    steps, per_proc = n_images // batch_size, batch_size // world
+    order = torch.randperm(n_images, generator=gen)[: steps * batch_size].view(steps, world, per_proc)
+    return order[:, rank]
+
+
+class _EpochBatchSampler:
+    """Batch sampler of :func:`epoch_batches` for one process; :meth:`set_epoch` picks the epoch."""
+
+    def __init__(self, seed: int, n_images: int, batch_size: int, world: int, rank: int):
+        self.seed, self.n_images, self.batch_size, self.world, self.rank = seed, n_images, batch_size, world, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_images // self.batch_size
+
+    def __iter__(self):
+        batches = epoch_batches(self.seed, self.epoch, self.n_images, self.batch_size, self.world, self.rank)
+        return iter(batches.tolist())
+
+
+class _PositionedDataset(Dataset):
+    """``(uint8 image, label, position)`` items: positions in the training set key the views, as they
+    are what the batch sampler draws and all the preloaded path knows of an image."""
+
+    def __init__(self, dataset, image_size: int | None):
+        self.inner = TransformDataset(dataset, ResizeUint8(image_size))
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, pos):
+        img, label, _ = self.inner[pos]
+        return img, label, pos
+
+
 def _prepare_loader(run: _SSLRun, dataset, num_workers: int) -> DataLoader:
-    """The training loader: this process's shard of a seeded ``DistributedSampler`` order, full batches only."""
+    """The training loader: this process's slices of each epoch's global batches (:func:`epoch_batches`)."""
     acc = run.acc
+    batches = _EpochBatchSampler(run.seed, len(dataset), run.batch_size, acc.num_processes, acc.process_index)
     return DataLoader(
-        TransformDataset(dataset, ResizeUint8(run.image_size)), batch_size=run.per_proc, num_workers=num_workers,
-        sampler=DistributedSampler(dataset, num_replicas=acc.num_processes, rank=acc.process_index, shuffle=True,
-                                   seed=run.seed, drop_last=True),
-        collate_fn=collate_uint8, drop_last=True, persistent_workers=num_workers > 0,
-        pin_memory=acc.device.type == "cuda",
+        _PositionedDataset(dataset, run.image_size), batch_sampler=batches, num_workers=num_workers,
+        collate_fn=collate_uint8, persistent_workers=num_workers > 0, pin_memory=acc.device.type == "cuda",
     )
 
 
 def _epoch_batches(run: _SSLRun, loader: DataLoader, resident: torch.Tensor | None):
-    """The epoch's batches: the loader's, or the same positions indexed from the preloaded corpus."""
+    """The epoch's ``(images, labels, positions)`` batches: the loader's, or the same positions indexed
+    from the preloaded corpus."""
     if resident is None:
         return loader
-    # the loader's batches are consecutive runs of its sampler's order (drop_last)
-    order = torch.as_tensor(list(loader.sampler), dtype=torch.long)[: run.steps_per_epoch * run.per_proc]
-    return ((resident[b.to(run.acc.device)], None, None) for b in order.view(run.steps_per_epoch, run.per_proc))
+    sampler = loader.batch_sampler
+    batches = epoch_batches(run.seed, sampler.epoch, sampler.n_images, run.batch_size, sampler.world, sampler.rank)
+    return ((resident[b.to(run.acc.device)], None, b) for b in batches)
 
 
-def _train_step(run: _SSLRun, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Augment two views of ``images``, take one optimizer and scheduler step; returns the loss."""
+def _train_step(run: _SSLRun, images: torch.Tensor, positions: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Augment two views of ``images`` (keyed by their ``positions``), take one optimizer and scheduler
+    step; returns the loss."""
     acc = run.acc
     x = images.to(acc.device, non_blocking=True)
-    v0, v1 = run.aug0(x, gen), run.aug1(x, gen)
+    v0 = run.aug0(x, keys=view_keys(run.seed, epoch, positions, 0))
+    v1 = run.aug1(x, keys=view_keys(run.seed, epoch, positions, 1))
     if run.channels_last:
         v0 = v0.contiguous(memory_format=torch.channels_last)
         v1 = v1.contiguous(memory_format=torch.channels_last)
@@ -380,15 +443,14 @@ def _run_epoch(run: _SSLRun, epoch: int, loader: DataLoader, resident: torch.Ten
     from tqdm.auto import tqdm
 
     acc = run.acc
-    loader.sampler.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(_epoch_seed(run.seed, epoch, acc.process_index))
+    loader.batch_sampler.set_epoch(epoch)
     loss_sum = torch.zeros((), device=acc.device)
     t0 = time.perf_counter()
     batches = _epoch_batches(run, loader, resident)
     bar = tqdm(batches, total=run.steps_per_epoch, desc=f"{run.method} epoch {epoch + 1}/{run.epochs}", leave=False,
                disable=None if run.progress and acc.is_main_process else True)
-    for images, _, _ in bar:
-        loss = _train_step(run, images, gen)
+    for images, _, positions in bar:
+        loss = _train_step(run, images, positions, epoch)
         loss_sum += loss.detach().float()
         if run.progress and acc.is_main_process and run.global_step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -491,6 +553,8 @@ def train_ssl(
     settings is an error). ``knn_every > 0`` with ``knn_train``/``knn_test`` (labeled datasets) logs
     weighted kNN top-1 (:func:`sslguard.knn.knn_accuracy`) every that many epochs and at the end.
     ``on_epoch_end(epoch, record)`` is called on every process after each epoch's checkpoint.
+    ``batch_size`` is global; each epoch's batches (:func:`epoch_batches`) and every image's views depend
+    on ``seed``, the epoch and the image's position in ``dataset``, not on the number of processes.
 
     ``preload`` decodes the corpus once into one ``uint8`` tensor on the device and draws each batch
     from it by index (same sampler order, so the same batches and weights as the loader path): for

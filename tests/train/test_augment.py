@@ -16,7 +16,9 @@ from sslguard.train.augment import (
     adjust_hue,
     adjust_saturation,
     gaussian_blur,
+    keyed_uniforms,
     ssl_augmentations,
+    view_keys,
 )
 
 N = 1500  # samples per statistical comparison; the tolerances below are > 4 standard errors
@@ -86,11 +88,15 @@ def test_crop_and_flip_match_torchvision_resized_crop():
             assert err < 0.08
 
 
-def test_crop_params_follow_torchvision_get_params():
+@pytest.mark.parametrize("keyed", [False, True])
+def test_crop_params_follow_torchvision_get_params(keyed):
     from torchvision.transforms import RandomResizedCrop
 
     aug = BatchAugment(32)
-    ours = aug.sample_crops(N, 32, 32, torch.Generator().manual_seed(3))
+    if keyed:  # the per-image streams training uses
+        ours = aug.sample_crops(N, 32, 32, keys=view_keys(3, 0, torch.arange(N), 0))
+    else:
+        ours = aug.sample_crops(N, 32, 32, torch.Generator().manual_seed(3))
     _seed(3)
     ref = torch.tensor([RandomResizedCrop.get_params(torch.zeros(3, 32, 32), [0.08, 1.0], [3 / 4, 4 / 3])
                         for _ in range(N)], dtype=torch.float32)  # (i, j, h, w)
@@ -182,8 +188,13 @@ def test_brightness_factor_distribution_matches_lightly():
     assert abs(np.quantile(jit_o, 0.25) - 0.8) < 0.04 and abs(np.quantile(jit_o, 0.75) - 1.2) < 0.04
 
 
-def test_jitter_order_is_a_random_permutation():
-    p = BatchAugment(32).sample(4000, 32, 32, torch.Generator().manual_seed(7))
+@pytest.mark.parametrize("keyed", [False, True])
+def test_jitter_order_is_a_random_permutation(keyed):
+    aug = BatchAugment(32)
+    if keyed:
+        p = aug.sample(4000, 32, 32, keys=view_keys(7, 1, torch.arange(4000), 1))
+    else:
+        p = aug.sample(4000, 32, 32, torch.Generator().manual_seed(7))
     assert (p.order.sort(dim=1).values == torch.arange(4)).all()
     first = torch.bincount(p.order[:, 0], minlength=4).float() / 4000
     assert torch.allclose(first, torch.full((4,), 0.25), atol=0.03)
@@ -198,6 +209,60 @@ def test_same_generator_seed_same_views_and_devices_agree():
     v3 = a(x, torch.Generator().manual_seed(1))
     assert torch.equal(v1, v2) and not torch.equal(v1, v3)
     assert v1.shape == (8, 3, 32, 32) and v1.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method,size,view", [("simclr", 16, 0), ("byol", 32, 1), ("byol", 96, 1), ("simclr", 224, 0)])
+def test_keyed_view_of_an_image_does_not_depend_on_its_batch(method, size, view):
+    # the view of image i at epoch e is the same, bit for bit, in a batch of 8, in other splits and
+    # orders, alone, and among other images (at 96 px: blur and solarize; at 224 px: blur, large reductions)
+    g = torch.Generator().manual_seed(0)
+    corpus = torch.randint(0, 256, (13, 3, size + 4, size + 4), dtype=torch.uint8, generator=g)
+    aug = ssl_augmentations(method, size)[view]
+
+    def views(positions):
+        positions = torch.as_tensor(positions)
+        return aug(corpus[positions], keys=view_keys(11, 2, positions, view))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    want = views(range(8))
+    torch.set_num_threads(2)  # the rest on two threads: a one-image reduction could go parallel only then
+    try:
+        _check_batch_invariance(views, aug, corpus, view, want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_batch_invariance(views, aug, corpus, view, want):
+    assert torch.equal(views(range(8)), want)  # one thread or two
+    assert torch.equal(torch.cat([views(range(3)), views(range(3, 8))]), want)
+    assert torch.equal(views(range(7, -1, -1)).flip(0), want)
+    for i in (0, 5):
+        assert torch.equal(views([i])[0], want[i])
+    mixed = [8, 0, 9, 1, 2, 10, 3, 4, 11, 5, 6, 12, 7]  # other images in between
+    got = views(mixed)
+    assert torch.equal(got[[mixed.index(i) for i in range(8)]], want)
+    # and every image gets its own view: no two rows equal, other epoch or seed or view changes them
+    assert all(not torch.equal(want[i], want[j]) for i in range(8) for j in range(i))
+    other_epoch = aug(corpus[:8], keys=view_keys(11, 3, torch.arange(8), view))
+    other_seed = aug(corpus[:8], keys=view_keys(12, 2, torch.arange(8), view))
+    other_view = aug(corpus[:8], keys=view_keys(11, 2, torch.arange(8), 1 - view))
+    assert all(not torch.equal(o[i], want[i]) for o in (other_epoch, other_seed, other_view) for i in range(8))
+
+
+def test_keys_are_distinct_and_keyed_uniforms_are_uniform():
+    keys = np.concatenate([view_keys(s, e, np.arange(500), v) for s in (0, 1) for e in (0, 1) for v in (0, 1)])
+    assert keys.dtype == np.uint64 and len(np.unique(keys)) == len(keys)
+    u = keyed_uniforms(keys, 36).numpy()  # 4,000 streams x 36 draws
+    assert u.min() >= 0.0 and u.max() < 1.0
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    assert np.abs(counts / u.size - 0.05).max() < 0.003  # > 5 standard errors
+    corr = np.corrcoef(u.T)[np.triu_indices(36, 1)]  # draws of one stream are uncorrelated
+    assert np.abs(corr).max() < 0.08
+    # one key's row is the same whatever other keys come with it
+    assert torch.equal(keyed_uniforms(keys[5:6], 36)[0], keyed_uniforms(keys, 36)[5])
+    with pytest.raises(ValueError, match="keys"):
+        BatchAugment(16).sample(4, 16, 16, keys=keys[:3])
 
 
 def test_imagenet_size_recipes_have_blur_and_solarize():

@@ -151,9 +151,25 @@ def test_bad_arguments_name_the_key(tiny, tmp_path):
 
 
 def test_loss_decreases_on_digits(tiny):
+    # Measured on one fixed pair of views of all 64 images: at this size an epoch's loss swings by about
+    # 0.2 with the views it happened to draw, so first-vs-last epoch losses are a coin flip, while this
+    # loss fell on each of 8 seeds tried (by 0.28 at seed 3).
+    from sslguard.data.transforms import ResizeUint8
+    from sslguard.train.augment import ssl_augmentations, view_keys
+
+    x = torch.stack([ResizeUint8(16)(tiny[i][0]) for i in range(len(tiny))])
+    pos = torch.arange(len(tiny))
+    aug, _ = ssl_augmentations("simclr", 16)
+    v0, v1 = aug(x, keys=view_keys(1234, 0, pos, 0)), aug(x, keys=view_keys(1234, 0, pos, 1))
+
+    def fixed_view_loss(m):
+        with torch.no_grad():
+            return float(m.train()(v0, v1))
+
     model = _model()
-    res = train_ssl(model, tiny, epochs=6, lr=0.2, **KW)
-    assert res.losses[-1] < res.losses[0]
+    before = fixed_view_loss(model)
+    train_ssl(model, tiny, epochs=8, optimizer="adamw", lr=1e-2, **{**KW, "batch_size": 32})
+    assert fixed_view_loss(model) < before
 
 
 def test_bf16_and_channels_last_run(tiny, tmp_path):
