@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sslguard.data.transforms import ResizeUint8, to_float
+from sslguard.utils.dist import map_chunks
 
 
 class ClusterModel(torch.nn.Module):
@@ -181,33 +182,38 @@ def cluster_cam(
     image_size: int | None = None,
     keep_heatmaps: bool = False,
     device: str | torch.device = "cpu",
+    accelerator=None,
 ) -> CamResult:
     """Grad-CAM of the cluster model and the best ``window`` x ``window`` box for every image at ``positions``.
 
     ``targets`` (aligned with ``positions``) picks the cluster to explain; default is the cluster the
     cluster model assigns (equal to the k-means assignment when the embeddings came from the same backbone).
+    With ``accelerator`` every process must call this; the batches are split across the processes
+    (:func:`sslguard.utils.dist.map_chunks`) and each gets the whole result on the accelerator's device.
     """
+    if accelerator is not None:
+        device = accelerator.device
     was_training = backbone.training
     backbone.eval()
     model = ClusterModel(backbone, centroids).to(device)
     positions = np.arange(len(dataset)) if positions is None else np.asarray(positions, dtype=np.int64)
-    out_boxes, out_mass, out_conc, out_t, out_s, out_h = [], [], [], [], [], []
+
+    def one(j: int):
+        pos = positions[j * batch_size:(j + 1) * batch_size]
+        imgs = load_uint8(dataset, pos, image_size).to(device)
+        t = None if targets is None else torch.as_tensor(targets[j * batch_size:j * batch_size + len(pos)])
+        cam, scores, t = grad_cam(model, imgs, t)
+        boxes, mass = best_window(cam, window)
+        total = cam.flatten(1).sum(1).clamp_min(1e-12)
+        return (boxes.cpu().numpy(), mass.cpu().numpy(), (mass / total).cpu().numpy(), t.cpu().numpy(),
+                scores.gather(1, t[:, None])[:, 0].cpu().numpy(),
+                cam.cpu().numpy().astype(np.float32) if keep_heatmaps else None)
+
     try:
-        for j, pos in enumerate(iter_batches(positions, batch_size)):
-            imgs = load_uint8(dataset, pos, image_size).to(device)
-            t = None if targets is None else torch.as_tensor(targets[j * batch_size:j * batch_size + len(pos)])
-            cam, scores, t = grad_cam(model, imgs, t)
-            boxes, mass = best_window(cam, window)
-            total = cam.flatten(1).sum(1).clamp_min(1e-12)
-            out_boxes.append(boxes.cpu().numpy())
-            out_mass.append(mass.cpu().numpy())
-            out_conc.append((mass / total).cpu().numpy())
-            out_t.append(t.cpu().numpy())
-            out_s.append(scores.gather(1, t[:, None])[:, 0].cpu().numpy())
-            if keep_heatmaps:
-                out_h.append(cam.cpu().numpy().astype(np.float32))
+        parts = map_chunks(one, list(range(-(-len(positions) // batch_size))), accelerator)
     finally:
         backbone.train(was_training)
+    out_boxes, out_mass, out_conc, out_t, out_s, out_h = ([p[i] for p in parts] for i in range(6))
     cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
     return CamResult(positions, cat(out_boxes, (0, 4), np.int64), cat(out_mass, (0,), np.float32),
                      cat(out_conc, (0,), np.float32), cat(out_t, (0,), np.int64), cat(out_s, (0,), np.float32),
@@ -334,7 +340,7 @@ def search_windows(model: ClusterModel, images_uint8: torch.Tensor, targets: tor
     base = model(images_uint8).gather(1, targets[:, None])[:, 0]
     img_idx = np.repeat(np.arange(B), G)
     box_idx = np.tile(np.arange(G), B)
-    drops = torch.empty(B * G)
+    drops = torch.empty(B * G, device=base.device)
     for s in range(0, B * G, batch_size):
         ii, bb = img_idx[s:s + batch_size], box_idx[s:s + batch_size]
         masked = mask_windows(images_uint8[ii], grid[bb], fill)
@@ -342,7 +348,7 @@ def search_windows(model: ClusterModel, images_uint8: torch.Tensor, targets: tor
         drops[s:s + len(ii)] = base[ii] - sc
     drops = drops.view(B, G)
     best, arg = drops.max(1)
-    return best, torch.as_tensor(grid)[arg], base
+    return best, torch.as_tensor(grid, device=arg.device)[arg], base
 
 __all__ = [
     "ClusterModel", "CamResult", "grad_cam", "best_window", "cluster_cam", "window_size", "load_uint8",

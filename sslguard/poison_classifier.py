@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from sslguard.data.transforms import to_float
 from sslguard.models.backbones import create_backbone
+from sslguard.utils.dist import broadcast_module
 
 
 def crop_windows(images_uint8: torch.Tensor, boxes: np.ndarray) -> list[torch.Tensor]:
@@ -98,13 +99,16 @@ def train_poison_classifier(
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return clf.eval()
+    # every process trained the same copy; keep the main one's, so later collective steps agree
+    return broadcast_module(clf, getattr(corpus, "accelerator", None)).eval()
 
 
 @torch.no_grad()
 def classifier_logits(clf: PoisonClassifier, corpus, positions: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(positions), np.float64)
-    for s in range(0, len(positions), corpus.batch_size):
-        pos = positions[s:s + corpus.batch_size]
-        out[s:s + len(pos)] = clf(corpus.images(pos)).double().cpu().numpy()
-    return out
+    """The poison classifier's logit for every image at ``positions`` (split across processes by batch)."""
+    def one(s: int) -> np.ndarray:
+        return clf(corpus.images(positions[s:s + corpus.batch_size])).double().cpu().numpy()
+
+    starts = list(range(0, len(positions), corpus.batch_size))
+    parts = corpus.map(one, starts) if hasattr(corpus, "map") else [one(s) for s in starts]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float64)

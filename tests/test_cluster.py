@@ -53,3 +53,52 @@ def test_save_load_roundtrip(tmp_path, rng):
     assert (back.k, back.spherical, back.seed) == (3, True, 1)
     assert back.inertia == pytest.approx(r.inertia)
     assert not list(tmp_path.glob(".clusters.npz.*"))  # no temporary file left behind
+
+
+def _mapped(tmp_path, x, name="x.npy"):
+    np.save(tmp_path / name, x)
+    m = np.load(tmp_path / name, mmap_mode="r")
+    assert not m.flags.writeable
+    return m
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.distances, b.distances)
+    assert a.inertia == b.inertia
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_a_read_only_memmap_gives_the_in_memory_result(tmp_path, rng, spherical):
+    """Every row (the default below sample_above) and the sampled, chunked path: a read-only memory map is
+    read, never written, and gives exactly what the same rows in memory give."""
+    x, _ = _blobs(rng, n_per=1700, k=5, d=16)
+    m = _mapped(tmp_path, x)
+    _same(kmeans(m, 5, seed=2, spherical=spherical), kmeans(x, 5, seed=2, spherical=spherical))
+    small = dict(sample_above=400, chunk_rows=100)  # 8,500 rows: two blocks (chunk_rows rounds up to 4,096)
+    _same(kmeans(m, 5, seed=2, spherical=spherical, **small), kmeans(x.astype(np.float64), 5, seed=2,
+                                                                      spherical=spherical, **small))
+    assert np.array_equal(np.load(tmp_path / "x.npy"), x)
+
+
+def test_sampled_path_recovers_planted_clusters(rng):
+    """Above sample_above, centroids are trained on a seeded sample (3,000 of 12,000 rows here) and every
+    row is normalised and assigned block by block (three blocks): the planted blobs are recovered, as with
+    every row, and a NaN outside the sample is still found."""
+    q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+    y = np.repeat(np.arange(6), 2000)
+    x = (q[y] + 0.08 * rng.normal(size=(len(y), 24))).astype(np.float32)
+    low = dict(sample_above=3000, chunk_rows=4096)
+    r = kmeans(x, 6, seed=0, nredo=3, **low)
+    assert r.n == len(x) and r.sizes.sum() == len(x)
+    pairs = set(zip(y.tolist(), r.assignments.tolist()))
+    assert len(pairs) == 6 and len({p[1] for p in pairs}) == 6
+    _same(r, kmeans(x, 6, seed=0, nredo=3, **low))
+    sims = r.similarities(x)
+    np.testing.assert_allclose(sims[np.arange(len(x)), r.assignments], r.distances, atol=1e-5)
+    np.testing.assert_array_equal(sims.argmax(1), r.assignments)
+    bad = x.copy()
+    bad[-1, 0] = np.nan  # in the last block
+    with pytest.raises(ValueError, match="NaN"):
+        kmeans(bad, 6, **low)

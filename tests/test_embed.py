@@ -79,3 +79,69 @@ def test_progress_bars_are_quiet_when_not_on_a_terminal(capsys):
     embed_dataset(create_backbone("convnet4", width=4), ds, batch_size=8, progress=True)
     err = capsys.readouterr().err
     assert "it/s" not in err and "%|" not in err, err[-500:]
+
+
+def test_out_path_streams_the_same_array_into_a_read_only_npy(tmp_path):
+    """out_path: the rows are written batch by batch into a memory-mapped .npy; the file holds np.save's bytes
+    of the in-memory result, comes back read-only, and nothing temporary is left beside it."""
+    import pytest
+
+    ds = load_digits_dataset("test", size=16).subset(np.arange(3, 50)[::-1].copy())  # 47 rows: a short last batch
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
+    keys, mem = embed_dataset(net, ds, batch_size=10, normalize=True, progress=False)
+    out = tmp_path / "run" / "embeddings.npy"
+    keys2, mapped = embed_dataset(net, ds, batch_size=10, normalize=True, progress=False, out_path=out)
+    assert np.array_equal(keys, keys2) and np.array_equal(mem, mapped) and mapped.dtype == np.float32
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.save(tmp_path / "ref.npy", mem)
+    assert out.read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["embeddings.npy"]
+    with pytest.raises(ValueError, match="not both"):
+        embed_dataset(net, ds, out_path=out, cache_path=tmp_path / "c.npz", progress=False)
+
+
+def test_out_path_is_atomic_when_embedding_fails(tmp_path):
+    import pytest
+
+    ds = load_digits_dataset("test", size=16).subset(np.arange(30))
+    calls = []
+
+    class Breaks(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            if len(calls) > 2:  # the probe, one batch, then a crash
+                raise RuntimeError("killed mid-embedding")
+            return x.flatten(1)[:, :4]
+
+    out = tmp_path / "embeddings.npy"
+    with pytest.raises(RuntimeError, match="killed"):
+        embed_dataset(Breaks(), ds, batch_size=8, out_path=out, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_processes_stream_into_one_file(tmp_path):
+    """Two processes each write their own batches into one .npy: the same bytes as one process in memory."""
+    from tests.multiproc import run_distributed
+
+    code = """
+    import sys, numpy as np, torch
+    from accelerate import Accelerator
+    from sslguard.data import load_digits_dataset
+    from sslguard.embed import embed_dataset
+    acc = Accelerator(cpu=True)
+    assert acc.num_processes == 2
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+    ds = load_digits_dataset("test", size=16).subset(np.arange(37))
+    keys, f = embed_dataset(net, ds, batch_size=5, accelerator=acc, progress=False, out_path=sys.argv[1])
+    assert not f.flags.writeable and f.shape == (37, 5) and np.array_equal(keys, ds.keys)
+    """
+    run_distributed(code, tmp_path, args=[str(tmp_path / "out" / "emb.npy")])
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+    ds = load_digits_dataset("test", size=16).subset(np.arange(37))
+    _, f = embed_dataset(net, ds, batch_size=5, progress=False)
+    np.save(tmp_path / "ref.npy", f)
+    assert (tmp_path / "out" / "emb.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["emb.npy"]

@@ -51,6 +51,10 @@ class DetectClassifierConfig:
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 5e-4
     augment: bool = True  # random crop + flip
+    # false: one process trains it on the accelerator's device and the others load it, so the run's
+    # scores do not depend on the process count; true: data-parallel over all processes (faster on
+    # several GPUs; the weights then depend on the process count, as the SSL encoder's do)
+    data_parallel: bool = False
 
     def validate(self, key: str = "classifier") -> None:
         from sslguard.models.backbones import BACKBONES

@@ -14,6 +14,7 @@ import torch
 from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked_drop, search_windows
 from sslguard.cluster import ClusterResult, kmeans
 from sslguard.poison_classifier import paste_many, paste_places
+from sslguard.utils.dist import map_chunks
 
 __all__ = ["Corpus", "mutual_nearest", "prepare_embeddings_and_clusters"]
 
@@ -48,10 +49,18 @@ def prepare_embeddings_and_clusters(backbone, dataset, embeddings, clusters, *, 
 
 
 class Corpus:
-    """Batched image access + cluster model, shared by the steps of the cluster-based detectors."""
+    """Batched image access + cluster model, shared by the steps of the cluster-based detectors.
 
-    def __init__(self, backbone, dataset, centroids, batch_size, image_size, device, twins: bool = True):
+    With ``accelerator`` (several processes) the per-image steps are split by batch across the processes
+    and gathered (:func:`sslguard.utils.dist.map_chunks`): every process must run the same detector code,
+    and each gets the same results as one process would. ``device`` is then the accelerator's."""
+
+    def __init__(self, backbone, dataset, centroids, batch_size, image_size, device, twins: bool = True,
+                 accelerator=None):
+        if accelerator is not None:
+            device = accelerator.device
         self.dataset, self.batch_size, self.image_size, self.device = dataset, batch_size, image_size, device
+        self.accelerator = accelerator
         self.model = ClusterModel(backbone, centroids).to(device).eval()
         # k-means above a corpus' natural groups may split one tight trigger group in two mutually nearest
         # halves; a pasted trigger then lands in either, so arrivals count for the pair (``group``)
@@ -64,12 +73,13 @@ class Corpus:
     def images(self, pos: np.ndarray) -> torch.Tensor:
         return load_uint8(self.dataset, pos, self.image_size).to(self.device)
 
+    def map(self, fn, chunks: list) -> list:
+        """``fn`` on every chunk, split across the processes (:func:`~sslguard.utils.dist.map_chunks`)."""
+        return map_chunks(fn, chunks, self.accelerator)
+
     def cam_and_mask(self, positions: np.ndarray, targets: np.ndarray, window: int, fill: str):
         """Grad-CAM window of cluster ``targets`` and the activation drop when it is masked, for ``positions``."""
-        drop = np.zeros(len(positions), np.float32)
-        base = np.zeros(len(positions), np.float32)
-        boxes = np.zeros((len(positions), 4), np.int64)
-        for s in range(0, len(positions), self.batch_size):
+        def one(s: int):
             pos = positions[s:s + self.batch_size]
             t = torch.as_tensor(targets[s:s + len(pos)], device=self.device)
             imgs = self.images(pos)
@@ -77,8 +87,14 @@ class Corpus:
             b, _ = best_window(cam, window)
             act = scores.gather(1, t[:, None])[:, 0]
             d, _ = masked_drop(self.model, imgs, b.cpu().numpy(), t, act, fill)
-            drop[s:s + len(pos)], base[s:s + len(pos)] = d.cpu().numpy(), act.cpu().numpy()
-            boxes[s:s + len(pos)] = b.cpu().numpy()
+            return d.cpu().numpy(), b.cpu().numpy(), act.detach().cpu().numpy()
+
+        parts = self.map(one, list(range(0, len(positions), self.batch_size)))
+        drop = np.zeros(len(positions), np.float32)
+        base = np.zeros(len(positions), np.float32)
+        boxes = np.zeros((len(positions), 4), np.int64)
+        for s, (d, b, a) in zip(range(0, len(positions), self.batch_size), parts):
+            drop[s:s + len(d)], boxes[s:s + len(d)], base[s:s + len(d)] = d, b, a
         return drop, boxes, base
 
     @torch.no_grad()
@@ -88,22 +104,32 @@ class Corpus:
         its twin, :meth:`group`); the test images should lie outside both."""
         imgs = self.images(test_pos)
         into = torch.as_tensor(self.group(cluster), device=self.device)
-        hits, total = 0, 0
-        for p in patches:
-            out = paste_many(imgs, [p] * len(imgs), paste_places(rng, [p] * len(imgs), imgs.shape[-1]))
-            for s in range(0, len(out), self.batch_size):
-                hits += int(torch.isin(self.model(out[s:s + self.batch_size]).argmax(1), into).sum())
-            total += len(out)
-        return hits / max(total, 1)
+        # every place is drawn first, in patch order, so the draws do not depend on how the work is split
+        places = [paste_places(rng, [p] * len(imgs), imgs.shape[-1]) for p in patches]
+
+        def one(job: tuple[int, int]) -> int:
+            j, s = job
+            part = imgs[s:s + self.batch_size]
+            out = paste_many(part, [patches[j]] * len(part), places[j][s:s + len(part)])
+            return int(torch.isin(self.model(out).argmax(1), into).sum())
+
+        jobs = [(j, s) for j in range(len(patches)) for s in range(0, len(imgs), self.batch_size)]
+        total = len(patches) * len(imgs)
+        return sum(self.map(one, jobs)) / max(total, 1)
 
     def search(self, positions: np.ndarray, targets: np.ndarray, grid: np.ndarray, fill: str):
         """Exhaustive sliding-window masking: best drop and box per image."""
-        drop = np.zeros(len(positions), np.float32)
-        boxes = np.zeros((len(positions), 4), np.int64)
         per = max(1, self.batch_size // len(grid))  # images per chunk so one chunk is ~batch_size masked copies
-        for s in range(0, len(positions), per):
+
+        def one(s: int):
             pos = positions[s:s + per]
             t = torch.as_tensor(targets[s:s + len(pos)], device=self.device)
             d, b, _ = search_windows(self.model, self.images(pos), t, grid, fill, self.batch_size)
-            drop[s:s + len(pos)], boxes[s:s + len(pos)] = d.cpu().numpy(), b.cpu().numpy()
+            return d.cpu().numpy(), b.cpu().numpy()
+
+        starts = list(range(0, len(positions), per))
+        drop = np.zeros(len(positions), np.float32)
+        boxes = np.zeros((len(positions), 4), np.int64)
+        for s, (d, b) in zip(starts, self.map(one, starts)):
+            drop[s:s + len(d)], boxes[s:s + len(d)] = d, b
         return drop, boxes

@@ -105,10 +105,11 @@ def _make_test_set(corpus: Corpus, clusters: ClusterResult, test_per_cluster: in
 def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _TestSet,
                  positions: np.ndarray) -> np.ndarray:
     """Flip counts of the Grad-CAM windows of ``positions`` (batched: every window x every test image)."""
-    out = np.zeros(len(positions), np.int64)
     T = len(test.pos)
     per = max(1, corpus.batch_size // T)
-    for s in range(0, len(positions), per):
+
+    @torch.no_grad()
+    def one(s: int) -> np.ndarray:
         pos = positions[s:s + per]
         src = corpus.images(pos)
         pasted = []
@@ -116,13 +117,14 @@ def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _T
             x, y, w, h = (int(v) for v in boxes[p])
             patch = src[i, :, y:y + h, x:x + w]
             pasted.append(paste_many(test.imgs, [patch] * T, test.at))
-        with torch.no_grad():
-            new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
+        new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
         c, twin = assign[pos][:, None], corpus.twin[assign[pos]][:, None]  # twin -1: no twin, matches nothing
         into = (new == c) | (new == twin)
         outside = (test.cluster[None, :] != c) & (test.cluster[None, :] != twin)
-        out[s:s + len(pos)] = (into & outside).sum(1)
-    return out
+        return (into & outside).sum(1)
+
+    parts = corpus.map(one, list(range(0, len(positions), per)))
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _iterative_search(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray, test: _TestSet,
@@ -238,12 +240,13 @@ def patchsearch(
     image_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    accelerator=None,
 ) -> DetectionResult:
     """Score every image of ``dataset`` with PatchSearch (see the module docstring).
 
     Args:
-        backbone, dataset, embeddings, clusters, k, seed, batch_size, image_size, device: as for
-            :func:`sslguard.detectors.poisoncam.poisoncam`.
+        backbone, dataset, embeddings, clusters, k, seed, batch_size, image_size, device, accelerator: as
+            for :func:`sslguard.detectors.poisoncam.poisoncam`.
         window_fraction: side of the Grad-CAM window (the candidate trigger) as a fraction of the image side.
         test_per_cluster: images nearest each centroid in the test set.
         samples_per_round: random unscored images per remaining cluster scored in each round.
@@ -272,7 +275,8 @@ def patchsearch(
                                                            batch_size=batch_size, image_size=image_size)
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
-    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters)
+    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters,
+                    accelerator=accelerator)
     n, assign = len(dataset), clusters.assignments
     side = int(corpus.images(np.arange(min(1, n))).shape[-1])
     win = window_size(side, window_fraction)
@@ -280,7 +284,7 @@ def patchsearch(
         # 1. Grad-CAM window of every image.
         t = time.perf_counter()
         cam = cluster_cam(backbone, dataset, clusters.centroids, window=win, targets=assign, batch_size=batch_size,
-                          image_size=image_size, device=device)
+                          image_size=image_size, device=corpus.device, accelerator=accelerator)
         boxes = cam.boxes
         timings["gradcam_s"] = time.perf_counter() - t
         test = _make_test_set(corpus, clusters, test_per_cluster, rng, side, win)

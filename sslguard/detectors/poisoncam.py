@@ -184,9 +184,10 @@ def _check_paste_args(paste_rate: float, n_paste_windows: int, n_paste_test: int
 
 
 def _make_run(backbone, dataset, clusters, *, window_fraction, stride_fraction, fill, batch_size, image_size,
-              device, twin_clusters) -> _Run:
+              device, twin_clusters, accelerator=None) -> _Run:
     """The corpus under the cluster model, with the masking window and the exhaustive search grid."""
-    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters)
+    corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters,
+                    accelerator=accelerator)
     side = int(corpus.images(np.arange(min(1, len(dataset)))).shape[-1])
     win = window_size(side, window_fraction)
     grid = sliding_boxes((side, side), win, max(1, window_size(side, stride_fraction)))
@@ -410,6 +411,7 @@ def poisoncam(
     image_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    accelerator=None,
 ) -> DetectionResult:
     """Score every image of ``dataset`` by cluster activation masking (see the module docstring).
 
@@ -443,6 +445,10 @@ def poisoncam(
         classifier_images: clean images (outside the confirmed clusters, under the threshold) it trains on.
         classifier_epochs: passes over them.
         image_size: resize images to this side (``None``: as stored).
+        device: where the encoder runs (the accelerator's device when ``accelerator`` is given).
+        accelerator: with several processes, every process runs this function and the per-image work
+            (masking, paste tests, the classifier's scoring) is split across them by batch; each gets the
+            same result as one process (:class:`~sslguard.detectors.corpus.Corpus`).
     """
     _check_paste_args(paste_rate, n_paste_windows, n_paste_test)
     t_start = time.perf_counter()
@@ -453,7 +459,8 @@ def poisoncam(
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
     run = _make_run(backbone, dataset, clusters, window_fraction=window_fraction, stride_fraction=stride_fraction,
-                    fill=fill, batch_size=batch_size, image_size=image_size, device=device, twin_clusters=twin_clusters)
+                    fill=fill, batch_size=batch_size, image_size=image_size, device=device, twin_clusters=twin_clusters,
+                    accelerator=accelerator)
     try:
         t = time.perf_counter()
         probes = _probe_clusters(run, rng, n_probe)

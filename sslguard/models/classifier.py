@@ -152,9 +152,11 @@ def _eval_fn(model: nn.Module, fn):
 def _run_eval(model: nn.Module, dataset, fn, *, batch_size: int, accelerator, image_size, desc: str, progress: bool):
     was_training = model.training
     model.eval()
+    # without an accelerator the batches go where the model is (a classifier moved to a GPU stays there)
+    device = None if accelerator is not None else next(model.parameters()).device
     try:
         return extract(dataset, _eval_fn(model, fn), batch_size=batch_size, image_size=image_size,
-                       accelerator=accelerator, desc=desc, progress=progress)
+                       accelerator=accelerator, desc=desc, progress=progress, device=device)
     finally:
         model.train(was_training)
 

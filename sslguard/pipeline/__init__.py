@@ -49,8 +49,15 @@ unlabeled corpus; the backdoor check and the before/after numbers of retraining 
 build triggered test images) and a labeled test split. The SSL encoder is trained (or loaded) even when
 ``detectors.ssl`` is empty, because the embedding map and the backdoor check use it. ``clean_manifest.txt``
 (paths) exists only for corpora made of files; for in-memory corpora (digits, CIFAR-10 arrays)
-``clean_indices.txt`` is the list to retrain on. Under ``accelerate launch`` the SSL training and the embedding use every
-process; the later stages run on the main process only (they are small next to training).
+``clean_indices.txt`` is the list to retrain on.
+
+Devices and processes: every stage runs on the accelerator's device (a GPU when there is one, also for a
+single process). Under ``accelerate launch`` / ``torchrun`` SSL training is data-parallel; the embedding,
+the SSL detectors' per-image work and the classifier-stage detectors' passes are split by batch across the
+processes and gathered (:func:`sslguard.utils.dist.map_chunks`); clustering and, unless
+``classifier.data_parallel``, the classifier's training run on one process while the others wait; the
+backdoor check, fusion and the report run on the main process. With a fixed encoder the outputs are the
+same at any process count (``tests/robustness/test_multiproc.py``).
 """
 from sslguard.pipeline.api import detect, load_detect_config, run_pipeline
 from sslguard.pipeline.data import DataBundle, data_fingerprint, load_data, unpoisoned

@@ -12,9 +12,12 @@ from sslguard.pipeline.stages import Pipeline
 from sslguard.utils.io import to_json
 
 
-def run_pipeline(cfg: DetectConfig, quiet: bool = False) -> RunResult | None:
-    """Run (or resume) the whole pipeline for ``cfg``; returns None on non-main accelerate processes."""
-    return Pipeline(cfg, quiet=quiet).run()
+def run_pipeline(cfg: DetectConfig, quiet: bool = False, accelerator=None) -> RunResult | None:
+    """Run (or resume) the whole pipeline for ``cfg``; returns None on non-main accelerate processes.
+
+    ``accelerator``: an ``accelerate.Accelerator`` of your own (default: one made from ``cfg.ssl.mixed_precision``
+    on the GPU when there is one); every stage runs on its device."""
+    return Pipeline(cfg, quiet=quiet, accelerator=accelerator).run()
 
 
 

@@ -27,7 +27,8 @@ def _heatmaps(backbone, dataset, clusters, positions: np.ndarray, detections: di
             targets = np.where(t >= 0, t, targets)
     win = window_size(image_size, 0.25)
     res = cluster_cam(backbone, dataset, clusters.centroids, window=win, positions=positions, targets=targets,
-                      keep_heatmaps=True, image_size=image_size, batch_size=64)
+                      keep_heatmaps=True, image_size=image_size, batch_size=64,
+                      device=next(backbone.parameters()).device)  # where the pipeline put the encoder
     return res.heatmaps, res.boxes
 
 
@@ -37,7 +38,7 @@ def _classifier_cam(model, dataset, positions: np.ndarray, image_size: int):
     bb = model.backbone
     if type(bb).forward is not StagedBackbone.forward:
         return None, None
-    imgs = load_uint8(dataset, positions, image_size)
+    imgs = load_uint8(dataset, positions, image_size).to(next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
@@ -53,7 +54,7 @@ def _classifier_cam(model, dataset, positions: np.ndarray, image_size: int):
     cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * fmap.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=imgs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     boxes, _ = best_window(cam, window_size(int(imgs.shape[-1]), 0.25))
-    return cam.numpy(), boxes.numpy()
+    return cam.cpu().numpy(), boxes.cpu().numpy()
 
 
 def _evidence_box(detections: dict[str, Any], i: int, order: list[str]) -> tuple[tuple[int, int, int, int] | None, str | None]:

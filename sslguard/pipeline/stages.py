@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from sslguard.report.build import ReportContext, write_report
 from sslguard.sanitize import write_clean_manifest
 from sslguard.train.classifier import evaluate_classifier, train_classifier
 from sslguard.utils.io import atomic_path, atomic_write_json, atomic_write_text, file_sha256, package_versions, save_npy
+from sslguard.utils.dist import broadcast_value
 from sslguard.utils.rundir import RunDir, fingerprint, say, seed_stage
 
 
@@ -53,27 +53,31 @@ def call_with_supported(fn: Callable[..., Any], available: dict[str, Any], param
 class Pipeline:
     """The stages of one run; :meth:`run` executes them in order (see the module docstring)."""
 
-    def __init__(self, cfg: DetectConfig, quiet: bool = False):
+    def __init__(self, cfg: DetectConfig, quiet: bool = False, accelerator=None):
         self.cfg = cfg
         self.quiet = quiet
-        self.accelerator = None
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:  # launched by accelerate/torchrun: SSL training and embedding are shared
+        if accelerator is None:
             import torch
             from accelerate import Accelerator
 
-            # cpu=True on a machine without CUDA: a bare Accelerator() there sees no distributed setup,
-            # and every process would believe it is the only (main) one and run the whole pipeline.
-            self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.is_main = self.accelerator is None or self.accelerator.is_main_process
+            # One accelerator for every stage, also for one process: its device is where the encoder, the
+            # detectors and the classifier run. cpu=True on a machine without CUDA: a bare Accelerator()
+            # there sees no distributed setup under torchrun, and every process would believe it is the
+            # main one and run the whole pipeline.
+            accelerator = Accelerator(mixed_precision=cfg.ssl.mixed_precision, cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.is_main = accelerator.is_main_process
         self.rd = RunDir(Path(cfg.output_dir) / cfg.name, quiet=quiet or not self.is_main, is_main=self.is_main)
         self.fp: dict[str, str] = {}
         self.encoder_path: Path | None = None  # set by stage_encoder
         self.notices: list[tuple[str, str]] = []  # (level, text) shown in the report and printed
 
     def barrier(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
+
+    def _agree(self, cached: bool) -> bool:
+        return bool(broadcast_value(cached, self.accelerator))
 
     def notice(self, text: str, level: str = "info") -> None:
         self.notices.append((level, text))
@@ -137,7 +141,7 @@ class Pipeline:
                 pass
 
     def _world(self) -> int:
-        return self.accelerator.num_processes if self.accelerator is not None else 1
+        return self.accelerator.num_processes
 
     def stage_encoder(self, data: DataBundle):
         cfg, rd = self.cfg, self.rd
@@ -145,13 +149,13 @@ class Pipeline:
             self.encoder_path = Path(cfg.encoder)
             fp = self.fp["encoder"] = fingerprint("encoder-file", file_sha256(cfg.encoder))
             rd.run("encoder", fp, [], lambda: None)
-            return load_backbone(cfg.encoder)
+            return load_backbone(cfg.encoder).to(self.device)
         self.encoder_path = rd.path("encoder.safetensors")
         fp = self.fp["encoder"] = fingerprint("encoder", self.fp["data"], self._ssl_meta(), cfg.data.image_size, cfg.seed)
         rd.run("encoder", fp, ["encoder.safetensors", "encoder.history.json"],
                lambda: self._train_encoder(data.train, data, rd.path("encoder.safetensors"), "encoder"))
         self.barrier()
-        return load_backbone(rd.path("encoder.safetensors"))
+        return load_backbone(rd.path("encoder.safetensors")).to(self.device)
 
     def stage_embed(self, data: DataBundle, backbone) -> np.ndarray:
         cfg, rd = self.cfg, self.rd
@@ -159,21 +163,19 @@ class Pipeline:
 
         def compute() -> None:
             seed_stage(cfg.seed, "embed")
-            keys, feats = embed_dataset(backbone, data.train, batch_size=cfg.embed.batch_size,
-                                        image_size=cfg.data.image_size, accelerator=self.accelerator, normalize=True,
-                                        progress=not self.quiet)
+            # streamed into the file batch by batch (every process writes its batches): never whole in memory
+            keys, _ = embed_dataset(backbone, data.train, batch_size=cfg.embed.batch_size,
+                                    image_size=cfg.data.image_size, accelerator=self.accelerator, normalize=True,
+                                    progress=not self.quiet, out_path=rd.path("embeddings.npy"))
             if self.is_main:
                 save_npy(rd.path("embeddings_index.npy"), keys.astype(np.int64))
-                save_npy(rd.path("embeddings.npy"), feats.astype(np.float32))
 
         rd.run("embed", fp, ["embeddings.npy", "embeddings_index.npy"], compute)
         self.barrier()
-        if not self.is_main:
-            return np.zeros((0, 0), np.float32)
         index = np.load(rd.path("embeddings_index.npy"))
         if not np.array_equal(index, data.keys):
             raise RuntimeError(f"{rd.path('embeddings_index.npy')}: keys do not match the dataset")
-        return np.load(rd.path("embeddings.npy"))
+        return np.load(rd.path("embeddings.npy"), mmap_mode="r")  # read-only and paged in: corpora past memory
 
     def stage_cluster(self, embeddings: np.ndarray):
         cfg, rd = self.cfg, self.rd
@@ -182,26 +184,34 @@ class Pipeline:
         fp = self.fp["cluster"] = fingerprint("cluster", self.fp["embed"], to_dict(c), k, cfg.seed)
 
         def compute() -> None:
+            if not self.is_main:  # one process clusters (faiss uses its threads or the GPU); the others read it
+                return
             seed_stage(cfg.seed, "cluster")
             res = kmeans(embeddings, k, spherical=True, niter=c.niter, nredo=c.nredo, seed=cfg.seed, use_gpu=c.use_gpu)
             res.save(rd.path("clusters.npz"))
 
         rd.run("cluster", fp, ["clusters.npz"], compute)
+        self.barrier()
         return ClusterResult.load(rd.path("clusters.npz"))
 
     def _run_detector(self, name: str, stage: str, fp: str, available: dict[str, Any]):
+        """Run one registered detector on every process (the per-image work is split among them, see
+        :func:`sslguard.utils.dist.map_chunks`); the main process writes its artefacts."""
         rd = self.rd
         params = dict(self.cfg.detectors.params.get(name, {}))
         json_name, csv_name = f"detectors/{name}.json", f"detectors/{name}.csv"
+        available = {**available, "seed": self.cfg.seed, "accelerator": self.accelerator, "device": self.device}
 
         def compute() -> None:
             seed_stage(self.cfg.seed, stage)
-            res = call_with_supported(get_detector(name), {**available, "seed": self.cfg.seed}, params)
-            res = res.aligned(available["dataset"].keys)
-            res.to_json(rd.path(json_name))
-            res.to_csv(rd.path(csv_name))
+            res = call_with_supported(get_detector(name), available, params)
+            if self.is_main:
+                res = res.aligned(available["dataset"].keys)
+                res.to_json(rd.path(json_name))
+                res.to_csv(rd.path(csv_name))
 
         rd.run(stage, fp, [json_name, csv_name], compute)
+        self.barrier()
         # Downstream always reads the artefact back, so a resumed run sees exactly what a full run saw.
         return DetectionResult.load_json(rd.path(json_name))
 
@@ -232,16 +242,23 @@ class Pipeline:
 
         def build():
             if on_encoder:
-                return build_classifier(encoder_path=str(self.encoder_path), num_classes=n_classes)
-            return build_classifier(c.backbone, n_classes, width=c.width)
+                return build_classifier(encoder_path=str(self.encoder_path), num_classes=n_classes).to(self.device)
+            return build_classifier(c.backbone, n_classes, width=c.width).to(self.device)
 
         def compute() -> None:
+            # one process trains on the accelerator's device (the others wait and load the weights), unless
+            # classifier.data_parallel asks for accelerate's data-parallel training over all of them
+            shared = c.data_parallel and self._world() > 1
+            if not (self.is_main or shared):
+                return
             seed_stage(cfg.seed, "classifier")
             model = build()
             hist = train_classifier(model, data.train, epochs=c.epochs, batch_size=min(c.batch_size, len(data.train)),
                                     lr=c.lr, mode=c.mode, seed=cfg.seed, augment=c.augment, optimizer=c.optimizer,
                                     weight_decay=c.weight_decay, image_size=cfg.data.image_size,
-                                    progress=not self.quiet)
+                                    accelerator=self.accelerator if shared else None, progress=not self.quiet)
+            if not self.is_main:
+                return
             with atomic_path(rd.path("classifier.safetensors"), suffix=".safetensors") as tmp:
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
             ev: dict[str, Any] = {"train_loss": hist.loss, "train_accuracy": hist.accuracy, "seconds": hist.seconds}
@@ -255,8 +272,9 @@ class Pipeline:
             atomic_write_json(rd.path("classifier.json"), ev)
 
         rd.run("classifier", fp, ["classifier.safetensors", "classifier.json"], compute)
+        self.barrier()
         model = build()
-        model.load_state_dict(load_file(str(rd.path("classifier.safetensors"))))
+        model.load_state_dict(load_file(str(rd.path("classifier.safetensors"))))  # copied onto the model's device
         return model.eval()
 
     def stage_classifier_detectors(self, data: DataBundle, model) -> dict[str, Any]:
@@ -292,7 +310,7 @@ class Pipeline:
         if test is None or not test.has_labels:
             bank, test = held_out_bank(data, cfg.seed)
             source = f"{len(test)} clean corpus images held out of the kNN bank (no labelled test split)"
-        kw = dict(image_size=cfg.data.image_size, batch_size=cfg.embed.batch_size)
+        kw = dict(image_size=cfg.data.image_size, batch_size=cfg.embed.batch_size, device=self.device)
         rates = triggered_target_rate(backbone, bank, test, data.attack, data.attack.target, seed=cfg.seed, **kw)
         out = rates.to_dict()
         ftr, ltr, _ = extract_features(backbone, bank, **kw)
@@ -376,7 +394,8 @@ class Pipeline:
             out: dict[str, Any] = {"n_train_before": len(data.train), "n_train_after": len(clean)}
             if self.backdoor_possible(data) and (backdoor or {}).get("before"):
                 out["before"] = backdoor["before"]
-                out["after"] = self._backdoor_rates(load_backbone(rd.path("encoder_clean.safetensors")), data)
+                out["after"] = self._backdoor_rates(load_backbone(rd.path("encoder_clean.safetensors")).to(self.device),
+                                                    data)
             atomic_write_json(rd.path("retrain.json"), out)
 
         rd.run("retrain_eval", fp, ["retrain.json"], compute)
@@ -420,19 +439,25 @@ class Pipeline:
         if self.is_main:
             atomic_write_text(rd.path("config.yaml"), dump_yaml(cfg))
             atomic_write_json(rd.path("versions.json"), package_versions())
-        data = self.stage_data()
-        backbone = self.stage_encoder(data)
-        embeddings = self.stage_embed(data, backbone)
+        # Every process runs the stages up to the classifier-stage detectors (training, embedding and the
+        # detectors' per-image work are split among them); the main process decides what is cached.
+        rd.agree = self._agree if self._world() > 1 else None
+        try:
+            data = self.stage_data()
+            backbone = self.stage_encoder(data)
+            embeddings = self.stage_embed(data, backbone)
+            clusters = self.stage_cluster(embeddings)
+            detections = self.stage_ssl_detectors(data, backbone, embeddings, clusters)
+            model = None
+            if cfg.detectors.classifier:
+                model = self.stage_classifier(data)
+                if model is not None:
+                    detections.update(self.stage_classifier_detectors(data, model))
+        finally:
+            rd.agree = None
         if not self.is_main:
-            return None  # the remaining stages are single-process
-        clusters = self.stage_cluster(embeddings)
-        detections = self.stage_ssl_detectors(data, backbone, embeddings, clusters)
-        classifier_eval = model = None
-        if cfg.detectors.classifier:
-            model = self.stage_classifier(data)
-            if model is not None:
-                detections.update(self.stage_classifier_detectors(data, model))
-                classifier_eval = json.loads(rd.path("classifier.json").read_text())
+            return None  # the remaining stages (backdoor check, fusion, report) are the main process's
+        classifier_eval = json.loads(rd.path("classifier.json").read_text()) if model is not None else None
         if not detections:
             raise ValueError("detectors: no detector ran (detectors.ssl and detectors.classifier are empty or skipped)")
         backdoor = self.stage_backdoor(data, backbone)

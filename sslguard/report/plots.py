@@ -144,11 +144,11 @@ def project_2d(embeddings: np.ndarray, method: str = "pca", seed: int = 0, max_p
     PCA (``svd_solver="full"``, deterministic) or t-SNE (slow: use on a few thousand points). Rows are
     L2-normalised first, as the clustering sees them.
     """
-    x = np.asarray(embeddings, dtype=np.float64)
-    pos = np.arange(len(x))
-    if len(x) > max_points:
-        pos = np.sort(np.random.default_rng(seed).choice(len(x), size=max_points, replace=False))
-    x = x[pos]
+    n = len(embeddings)
+    pos = np.arange(n)
+    if n > max_points:
+        pos = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+    x = np.asarray(np.asarray(embeddings)[pos], dtype=np.float64)  # only the subsample: the rows may be memory-mapped
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     if len(x) < 3 or x.shape[1] < 2:
         return pos, np.zeros((len(x), 2))

@@ -44,6 +44,76 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+class NpyRowWriter:
+    """An ``.npy`` array written a block of rows at a time through a memory map, and moved onto ``path``
+    only when complete (temporary file beside it, fsync, rename: the contract of :func:`atomic_path`).
+
+    The array is never whole in memory, and the file's bytes equal those of ``np.save(path, array)``.
+
+    Args:
+        path: the final ``.npy`` path.
+        shape, dtype: the array's (``create=True``); read from the file's header when attaching.
+        tmp: the temporary file; by default a fresh name beside ``path``. Several processes that agree on
+            one ``tmp`` can each write their own rows: one creates it, the others attach with
+            ``create=False`` once it exists, all :meth:`close`, then one commits.
+        create: make the temporary file (``False``: attach to an existing one).
+
+    Use as a context manager (commit on success, remove the temporary file on an error) or call
+    :meth:`commit` / :meth:`abort`.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...] | None = None, dtype=np.float32, *,
+                 tmp: str | os.PathLike | None = None, create: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp is None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".npy", dir=self.path.parent)
+            os.close(fd)
+        self.tmp = Path(tmp)
+        if create:
+            if shape is None:
+                raise ValueError("NpyRowWriter: a shape is needed to create the file")
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+        else:
+            self.array = np.lib.format.open_memmap(self.tmp, mode="r+")
+
+    def write(self, rows, values: np.ndarray) -> None:
+        """``array[rows] = values`` (``rows``: a slice or an array of row positions)."""
+        self.array[rows] = values
+
+    def close(self) -> None:
+        """Flush the written rows to the temporary file and drop the map (idempotent)."""
+        if self.array is not None:
+            self.array.flush()
+            self.array = None
+
+    def commit(self) -> Path:
+        """Close, fsync, and rename the temporary file onto ``path``."""
+        self.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the map and remove the temporary file."""
+        self.array = None
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+    def __enter__(self) -> "NpyRowWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

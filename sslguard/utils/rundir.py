@@ -49,6 +49,10 @@ class RunDir:
         self.is_main = is_main
         self.timings: dict[str, float] = {}
         self.cached: list[str] = []
+        # With several processes: turns the main process's "cached?" into every process's answer (set by
+        # the pipeline while the processes share stages), so none skips a stage the others compute together.
+        self.agree: Callable[[bool], bool] | None = None
+        self.current: str | None = None  # the stage being computed (read by tests and progress hooks)
         if is_main:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -91,14 +95,21 @@ class RunDir:
 
     def run(self, stage: str, fp: str, files: Sequence[str], compute: Callable[[], None]) -> bool:
         """Run ``compute`` (which writes ``files``) unless a valid stamp exists; returns True when cached."""
-        if self.valid(stage, fp):
+        cached = self.valid(stage, fp) if self.is_main or self.agree is None else False
+        if self.agree is not None:
+            cached = self.agree(cached)
+        if cached:
             self.cached.append(stage)
             self.timings[stage] = 0.0
             say(f"[{stage}] cached", self.quiet)
             return True
         t0 = time.perf_counter()
         say(f"[{stage}] running", self.quiet)
-        compute()
+        self.current = stage
+        try:
+            compute()
+        finally:
+            self.current = None
         dt = time.perf_counter() - t0
         self.commit(stage, fp, files, dt)
         say(f"[{stage}] done in {dt:.1f}s", self.quiet)

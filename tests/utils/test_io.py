@@ -35,3 +35,30 @@ def test_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (p.stat().st_mode & 0o777) == 0o644
+
+
+def test_npy_row_writer_writes_np_save_bytes_atomically(tmp_path):
+    from sslguard.utils.io import NpyRowWriter
+
+    x = np.random.default_rng(0).normal(size=(37, 5)).astype(np.float32)
+    target = tmp_path / "emb.npy"
+    with NpyRowWriter(target, x.shape) as w:
+        for s in range(0, 37, 10)[::-1]:  # any order, a block of rows at a time
+            w.write(np.arange(s, min(s + 10, 37)), x[s:s + 10])
+        assert not target.exists()
+    np.save(tmp_path / "ref.npy", x)
+    assert target.read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    with pytest.raises(RuntimeError):
+        with NpyRowWriter(tmp_path / "other.npy", x.shape) as w:
+            w.write(slice(0, 10), x[:10])
+            raise RuntimeError("killed mid-write")
+    assert sorted(os.listdir(tmp_path)) == ["emb.npy", "ref.npy"]
+    # two writers on one agreed temporary file (as two processes do), one commit
+    tmp = tmp_path / ".shared.partial.npy"
+    a = NpyRowWriter(tmp_path / "shared.npy", x.shape, tmp=tmp)
+    b = NpyRowWriter(tmp_path / "shared.npy", tmp=tmp, create=False)
+    a.write(slice(0, 20), x[:20])
+    b.write(slice(20, 37), x[20:])
+    b.close()
+    a.close()
+    assert np.array_equal(np.load(a.commit()), x) and not tmp.exists()
