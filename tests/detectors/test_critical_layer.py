@@ -23,7 +23,12 @@ def test_finds_planted_poisons_with_twenty_benign_images_per_class(case):
     # the benign statistics come from 20 images per class, so the false-positive rate is loose
     assert m["auroc"] >= 0.9 and m["tpr"] >= 0.7 and m["fpr"] <= 0.15, m
     assert set(r.info["critical_layers"]) <= set(case.model.stage_names + ["logits"])
-    assert np.array_equal(r.flagged, r.scores > 2.5)
+    # flags are the paper's (score > tau) in the classes the class test examines: here the target alone
+    assert r.info["examined_classes"] == [case.attack.target], r.info["per_class"]
+    examined = np.isin(case.train.labels, r.info["examined_classes"])
+    assert np.array_equal(r.flagged, (r.scores > 2.5) & examined)
+    paper = get_detector("critical_layer")(case.model, case.train, benign, class_test="none")
+    assert np.array_equal(paper.flagged, paper.scores > 2.5) and paper.flagged.sum() > r.flagged.sum()
     # the target class's training images drift furthest from their benign centroid at the critical layers
     gap = {k: np.asarray(v) for k, v in r.info["gap"].items()}
     assert all(int(np.argmax(gap[layer])) == case.attack.target for layer in r.info["critical_layers"])
