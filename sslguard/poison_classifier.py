@@ -100,7 +100,7 @@ def train_poison_classifier(
             loss.backward()
             opt.step()
     # every process trained the same copy; keep the main one's, so later collective steps agree
-    return broadcast_module(clf, getattr(corpus, "accelerator", None)).eval()
+    return broadcast_module(clf, corpus.accelerator).eval()
 
 
 @torch.no_grad()
@@ -110,5 +110,5 @@ def classifier_logits(clf: PoisonClassifier, corpus, positions: np.ndarray) -> n
         return clf(corpus.images(positions[s:s + corpus.batch_size])).double().cpu().numpy()
 
     starts = list(range(0, len(positions), corpus.batch_size))
-    parts = corpus.map(one, starts) if hasattr(corpus, "map") else [one(s) for s in starts]
+    parts = corpus.map(one, starts)
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)

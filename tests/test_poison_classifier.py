@@ -9,13 +9,19 @@ from sslguard.poison_classifier import classifier_logits, crop_windows, paste_ma
 
 
 class _Images:
-    """The slice of a detector's corpus the classifier uses: images by position, a device, a batch size."""
+    """The slice of a detector's corpus the classifier uses: images by position, a device, a batch size,
+    the accelerator (none: one process) and the chunk map (a plain one)."""
+
+    accelerator = None
 
     def __init__(self, dataset):
         self.dataset, self.device, self.batch_size = dataset, "cpu", 256
 
     def images(self, pos):
         return load_uint8(self.dataset, np.asarray(pos))
+
+    def map(self, fn, chunks):
+        return [fn(c) for c in chunks]
 
 
 @pytest.fixture(scope="module")
