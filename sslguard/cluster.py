@@ -45,6 +45,35 @@ POINTS_PER_CENTROID = 256
 # rows per block when reading the rows (a multiple of faiss's 4,096-query search block)
 CHUNK_ROWS = 32_768
 
+# ``k="auto"`` (:func:`resolve_k`): about this many images per cluster, and never fewer clusters than AUTO_K_MIN.
+AUTO_K_IMAGES_PER_CLUSTER = 100
+AUTO_K_MIN = 20
+
+
+def resolve_k(k: int | str, n: int) -> int:
+    """The number of clusters for ``n`` images: ``k`` itself (capped at ``n``), or for ``"auto"``
+    ``max(AUTO_K_MIN, ceil(n / AUTO_K_IMAGES_PER_CLUSTER))``, capped at ``n``.
+
+    Why the rule follows the corpus: a poison group is found only as a cluster of its own, and a group holding
+    a share p of the corpus is a cluster's worth of images only when clusters hold about ``p * n`` images or
+    fewer. At a fixed k the clusters grow with the corpus, and a small poison share becomes a minority inside
+    a clean cluster (measured on the GPU reference encoder's partly learned 8x8 trigger, 100 poisons: no
+    cluster gathers them at k=10, 73 of a 96-member cluster at k=20, 45 of 47 at k=50; ``benchmarks/detect.md``).
+    100 images per cluster is
+    PatchSearch's setting (Tejankar et al.: k=1000 on ImageNet-100's 126k images) and makes a 0.5% share of
+    a 20k-image corpus a cluster's worth. The floor of 20 is above the natural groups of a 10-class corpus
+    (the quickstart's evidence: ``sslguard.config.detect.DetectClusterConfig``). Splitting a large poison
+    group into many clusters costs the detectors nothing: they count a paste into the cluster's nearest
+    clusters as an arrival (``group_k``, :func:`sslguard.detectors.corpus.cluster_groups`).
+    """
+    if isinstance(k, str):
+        if k != "auto":
+            raise ValueError(f"k must be a positive integer or 'auto', got {k!r}")
+        k = max(AUTO_K_MIN, -(-n // AUTO_K_IMAGES_PER_CLUSTER))
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return max(1, min(int(k), n))
+
 
 def faiss_gpu_available() -> bool:
     """True when the installed faiss has GPU support and sees at least one GPU."""

@@ -102,3 +102,14 @@ def test_sampled_path_recovers_planted_clusters(rng):
     bad[-1, 0] = np.nan  # in the last block
     with pytest.raises(ValueError, match="NaN"):
         kmeans(bad, 6, **low)
+
+
+def test_auto_k_follows_the_corpus_size():
+    from sslguard.cluster import resolve_k
+
+    # about 100 images per cluster, never under 20 (the quickstart's 1,438 digits keep k=20), capped at n
+    assert [resolve_k("auto", n) for n in (12, 1_438, 3_925, 50_000, 126_689)] == [12, 20, 40, 500, 1267]
+    assert resolve_k(50, 30) == 30 and resolve_k(7, 1000) == 7
+    for bad in ("many", 0):
+        with pytest.raises(ValueError):
+            resolve_k(bad, 100)

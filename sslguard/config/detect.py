@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 from sslguard.config.machinery import check
 from sslguard.config.sections import AttackConfig, DataConfig, SSLConfig
@@ -22,17 +22,20 @@ class EmbedConfig:
 class DetectClusterConfig:
     """FAISS k-means of the embeddings (sslguard.cluster.kmeans), shared by the SSL-stage detectors."""
 
-    # clusters; capped at the number of images. Twice a 10-class corpus' classes: k must exceed the natural groups
-    # (classes, classes with two modes, one trigger group per attack), or k-means merges the trigger group
-    # into its clean twin and whether it does flips with the CPU's float order (quickstart at k=10: isolated
-    # on AVX-512 kernels, merged on SSE4.1; planted encoder: merged up to k=12, isolated from 13 on).
-    k: int = 20
+    # clusters, capped at the number of images: an integer, or "auto" (sslguard.cluster.resolve_k: about
+    # 100 images per cluster, at least 20, so a small poison share is still a cluster's worth of images).
+    # At least twice a 10-class corpus' classes: k must exceed the natural groups (classes, classes with
+    # two modes, one trigger group per attack), or k-means merges the trigger group into its clean twin and
+    # whether it does flips with the CPU's float order (quickstart at k=10: isolated on AVX-512 kernels,
+    # merged on SSE4.1; planted encoder: merged up to k=12, isolated from 13 on).
+    k: Union[int, str] = "auto"
     niter: int = 25
     nredo: int = 1
     use_gpu: Optional[bool] = None  # None: GPU when faiss-gpu sees one
 
     def validate(self, key: str = "cluster") -> None:
-        check(self.k >= 1, f"{key}.k", "must be >= 1")
+        check(self.k == "auto" if isinstance(self.k, str) else self.k >= 1, f"{key}.k",
+              f"must be a positive integer or auto, got {self.k!r}")
         check(self.niter >= 1, f"{key}.niter", "must be >= 1")
         check(self.nredo >= 1, f"{key}.nredo", "must be >= 1")
 

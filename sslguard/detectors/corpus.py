@@ -16,7 +16,7 @@ from sslguard.cluster import ClusterResult, kmeans
 from sslguard.poison_classifier import paste_many, paste_places
 from sslguard.utils.dist import map_chunks
 
-__all__ = ["Corpus", "mutual_nearest", "prepare_embeddings_and_clusters"]
+__all__ = ["Corpus", "cluster_groups", "group_extra", "mutual_nearest", "prepare_embeddings_and_clusters"]
 
 
 def mutual_nearest(centroids: np.ndarray) -> np.ndarray:
@@ -28,6 +28,38 @@ def mutual_nearest(centroids: np.ndarray) -> np.ndarray:
     np.fill_diagonal(sim, -np.inf)
     nearest = sim.argmax(1)
     return np.where(nearest[nearest] == np.arange(len(c)), nearest, -1)
+
+
+def group_extra(k: int, group_k: int | None) -> int:
+    """How many nearest clusters join each cluster's group: ``ceil(k / group_k) - 1`` (0 at ``k <= group_k`` or
+    when ``group_k`` is ``None``). k-means with k far above a corpus' natural groups cuts a group holding a
+    share p of the corpus, a tight trigger group too, into about ``p * k`` pieces, and a pasted trigger lands
+    in any of them; ``ceil(k / group_k)`` clusters hold about ``1 / group_k`` of the corpus, so a group of
+    up to that share fits."""
+    if group_k is None or k <= group_k:
+        return 0
+    return int(-(-k // group_k)) - 1
+
+
+def cluster_groups(centroids: np.ndarray, *, twins: bool = True, extra: int = 0) -> np.ndarray:
+    """``(k, k)`` bool: row ``c`` marks the clusters a paste into ``c`` may land in and still count as an
+    arrival: ``c``, its twin (:func:`mutual_nearest`, when ``twins``), and its ``extra`` nearest centroids
+    (cosine; ties broken by the lower index). Not symmetric in general."""
+    c = np.asarray(centroids, dtype=np.float64)
+    k = len(c)
+    g = np.eye(k, dtype=bool)
+    if twins and k > 1:
+        t = mutual_nearest(c)
+        has = t >= 0
+        g[np.flatnonzero(has), t[has]] = True
+    extra = min(int(extra), k - 1)
+    if extra > 0:
+        cn = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        sim = cn @ cn.T
+        np.fill_diagonal(sim, -np.inf)
+        near = np.argsort(-sim, axis=1, kind="stable")[:, :extra]
+        g[np.arange(k)[:, None], near] = True
+    return g
 
 
 def prepare_embeddings_and_clusters(backbone, dataset, embeddings, clusters, *, k, seed, batch_size, image_size,
@@ -56,19 +88,21 @@ class Corpus:
     and each gets the same results as one process would. ``device`` is then the accelerator's."""
 
     def __init__(self, backbone, dataset, centroids, batch_size, image_size, device, twins: bool = True,
-                 accelerator=None):
+                 accelerator=None, group_k: int | None = None):
         if accelerator is not None:
             device = accelerator.device
         self.dataset, self.batch_size, self.image_size, self.device = dataset, batch_size, image_size, device
         self.accelerator = accelerator
         self.model = ClusterModel(backbone, centroids).to(device).eval()
         # k-means above a corpus' natural groups may split one tight trigger group in two mutually nearest
-        # halves; a pasted trigger then lands in either, so arrivals count for the pair (``group``)
+        # halves, and at k far above them into many pieces; a pasted trigger then lands in any
+        # of them, so arrivals count for the cluster's group (``groups``)
         self.twin = mutual_nearest(centroids) if twins else np.full(len(centroids), -1)
+        self.groups = cluster_groups(centroids, twins=twins, extra=group_extra(len(centroids), group_k))
 
     def group(self, c: int) -> np.ndarray:
-        """Cluster ``c`` and its twin (:func:`mutual_nearest`), the clusters a paste into ``c`` may reach."""
-        return np.asarray([c] if self.twin[c] < 0 else [c, int(self.twin[c])])
+        """The clusters a paste into ``c`` may reach (:func:`cluster_groups`): ``c``, its twin, its neighbours."""
+        return np.flatnonzero(self.groups[c])
 
     def images(self, pos: np.ndarray) -> torch.Tensor:
         return load_uint8(self.dataset, pos, self.image_size).to(self.device)
@@ -101,7 +135,7 @@ class Corpus:
     def paste_rate(self, patches: list[torch.Tensor], test_pos: np.ndarray, cluster: int,
                    rng: np.random.Generator) -> float:
         """Share of (patch, test image) pairs whose pasted copy the cluster model assigns to ``cluster`` (or
-        its twin, :meth:`group`); the test images should lie outside both."""
+        a cluster of its :meth:`group`); the test images should lie outside the group."""
         imgs = self.images(test_pos)
         into = torch.as_tensor(self.group(cluster), device=self.device)
         # every place is drawn first, in patch order, so the draws do not depend on how the work is split

@@ -6,14 +6,16 @@ CVPR 2023 (our own code, following the paper's algorithm):
 1. k-means on the encoder's L2-normalised embeddings defines a *cluster model* (cosine similarity to
    the centroids); Grad-CAM of each image's cluster gives its most activating window
    (:mod:`sslguard.cam`).
-2. A fixed *test set* is made of the images nearest each centroid. The *poison score* of a window is
-   the number of test images from other clusters that move into the window's cluster when the window
-   is pasted on them: a trigger pulls any image to its cluster, an object part does not. A move into the
-   cluster's twin (its mutual nearest centroid) counts too, and the twin's test images are not counted
-   (``twin_clusters``): k-means may split one trigger group in two such halves (see PoisonCAM).
+2. A fixed *test set* of about ``test_size`` images is made of the images nearest each centroid. The
+   *poison score* of a window is the number of test images from other clusters that move into the
+   window's cluster when the window is pasted on them: a trigger pulls any image to its cluster, an object
+   part does not. A move into the cluster's twin (its mutual nearest centroid) counts too, and above
+   ``group_k`` clusters a move into one of its nearest clusters; the test images of that group are not
+   counted (``twin_clusters``, ``group_k``): k-means may cut one trigger group into pieces (see PoisonCAM).
 3. *Iterative search*: scoring every image is costly, so each round scores ``samples_per_round``
-   random unscored images of every remaining cluster and drops the ``prune_fraction`` of clusters
-   whose best score is lowest; when one cluster remains, up to ``final_samples`` of its members are scored.
+   random unscored images of every remaining cluster (fewer, at least one, when that would exceed
+   ``round_windows``) and drops the ``prune_fraction`` of clusters whose best score is lowest; when one
+   cluster remains, up to ``final_samples`` of its members are scored.
 4. A *poison classifier* (:mod:`sslguard.poison_classifier`, shared with PoisonCAM; a small CNN on
    pixels, as the paper trains a ResNet-18) learns to tell clean images from clean images carrying
    one of the ``n_top_windows`` top-scored windows (pasted at random places; clean images carrying
@@ -41,7 +43,16 @@ carries them, so the search finds no flipping window and the classifier learns n
 window smaller than the trigger carries only part of it. Like every SSL-stage defence it finds only
 what the encoder learned: if triggered test images do not move to the target cluster, nothing flips.
 The test set is the images nearest the centroids, so a trigger cluster's own members are excluded from
-its score (they are in the same cluster already).
+its score (they are in the same cluster already). Above ``test_size`` clusters the test set holds one
+image of ``test_size`` random clusters, so some clusters have no test image. Above ``round_windows``
+clusters a cluster's first round rests on a single window: a trigger piece whose one Grad-CAM window
+missed the trigger can be dropped (other pieces of the same group remain).
+
+Cost: the Grad-CAM pass and the classifier's scoring are one pass over the corpus; the search is
+``windows scored x test images`` forward passes, with the test set near ``test_size`` and at most
+``max(round_windows, clusters left)`` windows per round over about ``log(k / 20) / log(4 / 3) + 11``
+rounds. Before, the test set (16 images of every cluster) and the rounds (8 windows of every cluster)
+both grew with k, so the search grew with k squared (the *pairs* rows of ``benchmarks/fine_k.md``).
 """
 
 from __future__ import annotations
@@ -87,14 +98,22 @@ class _Search:
     rounds: int
 
 
-def _make_test_set(corpus: Corpus, clusters: ClusterResult, test_per_cluster: int, rng: np.random.Generator,
-                   side: int, win: int) -> _TestSet:
-    """Step 2: the images nearest each centroid, each with a fixed paste position."""
+def _make_test_set(corpus: Corpus, clusters: ClusterResult, test_per_cluster: int, test_size: int,
+                   rng: np.random.Generator, side: int, win: int) -> _TestSet:
+    """Step 2: the images nearest each centroid (``test_size // k`` of each, at most ``test_per_cluster``;
+    above ``test_size`` clusters, the nearest image of ``test_size`` clusters drawn at random), each with a
+    fixed paste position. Its size stays near ``test_size`` at any k, so a flip count costs the same."""
+    per = min(test_per_cluster, test_size // max(1, clusters.k))
+    which = np.arange(clusters.k)
+    if per < 1:
+        nonempty = np.flatnonzero(clusters.sizes > 0)
+        which = np.sort(rng.choice(nonempty, size=min(test_size, len(nonempty)), replace=False))
+        per = 1
     test = []
-    for c in range(clusters.k):
+    for c in which:
         mem = clusters.members(c)
         order = np.argsort(-clusters.distances[mem] if clusters.spherical else clusters.distances[mem], kind="stable")
-        test.append(mem[order[:test_per_cluster]])
+        test.append(mem[order[:per]])
     test_pos = np.concatenate(test)
     test_imgs = corpus.images(test_pos)
     test_cluster = clusters.assignments[test_pos]
@@ -118,9 +137,9 @@ def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _T
             patch = src[i, :, y:y + h, x:x + w]
             pasted.append(paste_many(test.imgs, [patch] * T, test.at))
         new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
-        c, twin = assign[pos][:, None], corpus.twin[assign[pos]][:, None]  # twin -1: no twin, matches nothing
-        into = (new == c) | (new == twin)
-        outside = (test.cluster[None, :] != c) & (test.cluster[None, :] != twin)
+        g = corpus.groups[assign[pos]]  # (windows, k): the clusters an arrival may land in
+        into = np.take_along_axis(g, new, axis=1)
+        outside = ~g[:, test.cluster]
         return (into & outside).sum(1)
 
     parts = corpus.map(one, list(range(0, len(positions), per)))
@@ -128,25 +147,30 @@ def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _T
 
 
 def _iterative_search(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray, test: _TestSet,
-                      rng: np.random.Generator, *, samples_per_round: int, prune_fraction: float,
+                      rng: np.random.Generator, *, samples_per_round: int, round_windows: int, prune_fraction: float,
                       final_samples: int) -> _Search:
-    """Step 3: score samples of every remaining cluster, drop the lowest, until one cluster remains."""
+    """Step 3: score samples of every remaining cluster, drop the lowest, until one cluster remains.
+
+    A round scores ``samples_per_round`` windows of each remaining cluster, fewer (at least one) when that
+    would exceed ``round_windows``: at large k the first rounds would otherwise cost k times the test set."""
     assign = clusters.assignments
+    members = [clusters.members(c) for c in range(clusters.k)]
     poison_score = np.full(len(assign), -1, np.int64)
     remaining = [c for c in range(clusters.k) if clusters.sizes[c] > 0]
     pruned_order: list[int] = []
     rounds = 0
     while True:
         rounds += 1
+        m = final_samples if len(remaining) == 1 else \
+            min(samples_per_round, max(1, round_windows // len(remaining)))
         for c in remaining:
-            unscored = np.flatnonzero((assign == c) & (poison_score < 0))
-            m = final_samples if len(remaining) == 1 else samples_per_round
+            unscored = members[c][poison_score[members[c]] < 0]
             if len(unscored):
                 pick = np.sort(rng.choice(unscored, size=min(m, len(unscored)), replace=False))
                 poison_score[pick] = _flip_counts(corpus, boxes, assign, test, pick)
         if len(remaining) == 1:
             break
-        best = {c: poison_score[(assign == c) & (poison_score >= 0)].max(initial=-1) for c in remaining}
+        best = {c: poison_score[members[c]].max(initial=-1) for c in remaining}
         n_drop = max(1, int(np.floor(prune_fraction * len(remaining))))
         ranked = sorted(remaining, key=lambda c: (best[c], -c))  # lowest first; ties: higher id dropped first
         pruned_order += ranked[:n_drop]
@@ -174,23 +198,22 @@ def _train_and_score(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray,
 
 
 def _pull_rate(poison_score: np.ndarray, assign: np.ndarray, test: _TestSet, top: np.ndarray,
-               twin: np.ndarray) -> float:
-    """Median share of the other clusters' test images that the top windows pull into their cluster (or its
-    twin; the test images of both are not counted)."""
-    n_outside = {c: int(((test.cluster != c) & (test.cluster != twin[c])).sum())
-                 for c in np.unique(assign[top])} if len(top) else {}
+               groups: np.ndarray) -> float:
+    """Median share of the other clusters' test images that the top windows pull into their cluster's group
+    (:meth:`Corpus.group`; the group's own test images are not counted)."""
+    n_outside = {c: int((~groups[c][test.cluster]).sum()) for c in np.unique(assign[top])} if len(top) else {}
     top_rates = np.asarray([poison_score[p] / max(1, n_outside[assign[p]]) for p in top], dtype=np.float64)
     return float(np.median(top_rates)) if len(top_rates) else 0.0
 
 
 def _result(dataset, assign, boxes, test: _TestSet, search: _Search, scores, top, scored, clean_pool, clean_pos, *,
-            twin, paste_rate, z, win, timings, t_start, params) -> DetectionResult:
+            groups, paste_rate, z, win, timings, t_start, params) -> DetectionResult:
     """The evidence bar, the flags, the run's record and the :class:`DetectionResult`."""
     n, poison_score = len(assign), search.poison_score
     # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
     # does not. Below the bar the search ended on a cluster without a trigger (an encoder that learned
     # none): the logits still rank, but nothing is flagged.
-    top_rate = _pull_rate(poison_score, assign, test, top, twin)
+    top_rate = _pull_rate(poison_score, assign, test, top, groups)
     threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
     found = top_rate >= paste_rate
     flagged = scores > threshold if found else np.zeros(n, dtype=bool)
@@ -227,7 +250,9 @@ def patchsearch(
     k: int = 20,
     window_fraction: float = 0.375,
     test_per_cluster: int = 16,
+    test_size: int = 320,
     samples_per_round: int = 8,
+    round_windows: int = 160,
     prune_fraction: float = 0.25,
     final_samples: int = 64,
     n_top_windows: int = 20,
@@ -235,6 +260,7 @@ def patchsearch(
     classifier_epochs: int = 4,
     paste_rate: float = 0.5,
     twin_clusters: bool = True,
+    group_k: int | None = 10,
     z: float = 3.5,
     batch_size: int = 256,
     image_size: int | None = None,
@@ -248,8 +274,13 @@ def patchsearch(
         backbone, dataset, embeddings, clusters, k, seed, batch_size, image_size, device, accelerator: as
             for :func:`sslguard.detectors.poisoncam.poisoncam`.
         window_fraction: side of the Grad-CAM window (the candidate trigger) as a fraction of the image side.
-        test_per_cluster: images nearest each centroid in the test set.
-        samples_per_round: random unscored images per remaining cluster scored in each round.
+        test_per_cluster: images nearest each centroid in the test set, at most.
+        test_size: the test set's size: ``test_size // k`` images per cluster (at most ``test_per_cluster``),
+            or the nearest image of ``test_size`` random clusters when k exceeds it. A flip count costs
+            one forward pass per test image, so the search's cost does not grow with k through the test set.
+        samples_per_round: random unscored images per remaining cluster scored in each round, at most.
+        round_windows: windows scored per round, at most (each remaining cluster still gets one): with
+            k clusters the first round would otherwise score ``samples_per_round * k``.
         prune_fraction: share of remaining clusters dropped after each round (lowest best score first).
         final_samples: members of the last remaining cluster scored after the rounds.
         n_top_windows: top-scored windows the poison classifier is trained on.
@@ -260,6 +291,8 @@ def patchsearch(
             search found no trigger and nothing is flagged.
         twin_clusters: a window that pulls test images into its cluster's twin (the mutual nearest
             centroid) counts them too, as in PoisonCAM: k-means may split one trigger group in two.
+        group_k: above this many clusters each cluster's ``ceil(k / group_k) - 1`` nearest clusters count
+            as arrivals too, as in PoisonCAM (``None``: never).
         z: robust z of the held-out clean images' MAD bound that the flag threshold never goes under
             (:func:`sslguard.detectors.base.classifier_cut`).
 
@@ -276,7 +309,7 @@ def patchsearch(
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
     corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters,
-                    accelerator=accelerator)
+                    accelerator=accelerator, group_k=group_k)
     n, assign = len(dataset), clusters.assignments
     side = int(corpus.images(np.arange(min(1, n))).shape[-1])
     win = window_size(side, window_fraction)
@@ -287,10 +320,10 @@ def patchsearch(
                           image_size=image_size, device=corpus.device, accelerator=accelerator)
         boxes = cam.boxes
         timings["gradcam_s"] = time.perf_counter() - t
-        test = _make_test_set(corpus, clusters, test_per_cluster, rng, side, win)
+        test = _make_test_set(corpus, clusters, test_per_cluster, test_size, rng, side, win)
         t = time.perf_counter()
         search = _iterative_search(corpus, clusters, boxes, test, rng, samples_per_round=samples_per_round,
-                                   prune_fraction=prune_fraction, final_samples=final_samples)
+                                   round_windows=round_windows, prune_fraction=prune_fraction, final_samples=final_samples)
         timings["search_s"] = time.perf_counter() - t
         t = time.perf_counter()
         scores, top, scored, clean_pool, clean_pos = _train_and_score(
@@ -300,10 +333,11 @@ def patchsearch(
     finally:
         backbone.train(was_training)
     params = {"k": clusters.k, "window_fraction": window_fraction, "test_per_cluster": test_per_cluster,
-              "samples_per_round": samples_per_round, "prune_fraction": prune_fraction,
+              "test_size": test_size, "samples_per_round": samples_per_round, "round_windows": round_windows,
+              "group_k": group_k, "prune_fraction": prune_fraction,
               "final_samples": final_samples, "n_top_windows": n_top_windows,
               "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
               "paste_rate": paste_rate, "twin_clusters": twin_clusters, "z": z,
               "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, assign, boxes, test, search, scores, top, scored, clean_pool, clean_pos,
-                   twin=corpus.twin, paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)
+                   groups=corpus.groups, paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)

@@ -9,8 +9,9 @@ reports 96% trigger-detection accuracy on poisoned ImageNet-100 where PatchSearc
 
 This implementation (our own code, following the idea) runs in four steps:
 
-1. **Probe every cluster**: ``n_probe`` random members of each cluster are masked window by window
-   (an exhaustive sliding-window search). A window is erased by inpainting it from its surroundings
+1. **Probe every cluster**: ``n_probe`` random members of each cluster (fewer, at least 4, when k clusters
+   would need more than ``probe_budget`` searches) are masked window by window (an exhaustive
+   sliding-window search). A window is erased by inpainting it from its surroundings
    (``fill="context"``, :func:`sslguard.cam.context_fill`), so what was in it leaves no trace and no
    sharp square is pasted in its place. Each probe keeps the window whose erasure lowers its
    own-cluster activation most.
@@ -21,12 +22,13 @@ This implementation (our own code, following the idea) runs in four steps:
    ``min_cluster_size`` members is checked (``support_z=-inf``): the size of the masking drop alone
    does not single out the trigger cluster (see *Why the paste check decides* below). A pasted image
    that lands in the cluster's *twin* counts too (``twin_clusters``; the twin is the cluster whose
-   centroid is the mutual nearest, and the test images come from outside both): see *Split trigger
-   groups* below.
-3. **Mask the corpus** against each confirmed cluster c*: every image gets Grad-CAM *of c** (so
-   poisons outside the cluster are scored too) and the drop of c*'s activation when that window is
-   masked; the likeliest poisons (c*'s members and as many again by drop) whose Grad-CAM window did
-   not already clear the threshold are refined with the exhaustive search. Threshold: the same MAD
+   centroid is the mutual nearest), and above ``group_k`` clusters one that lands in one of its nearest
+   clusters; the test images come from outside that group: see *Split trigger groups* below.
+3. **Mask the corpus** against the confirmed clusters: every image gets Grad-CAM *of its nearest
+   confirmed cluster c** (so poisons outside the confirmed clusters are scored too) and the drop of c*'s
+   activation when that window is masked; the likeliest poisons (the confirmed clusters' members and as
+   many again by drop) whose Grad-CAM window did not already clear the threshold are refined with the
+   exhaustive search. One pass over the corpus, however many clusters were confirmed. Threshold: the same MAD
    rule on a null sample of ``n_null`` non-members scored the same way (data-driven, no hand-set cut).
    When no cluster is confirmed there is no evidence that the encoder tied a trigger to a cluster:
    each image's own-cluster Grad-CAM drop is returned as a ranking, nothing is flagged
@@ -55,7 +57,14 @@ corpus' natural groups, k-means may split one tight trigger group into two halve
 each other's nearest; whether it does flips with the CPU's float order. A pasted trigger then lands in
 either half, so each half alone pulls fewer than half of the pasted images and neither was confirmed,
 although together they pull nearly all; clean clusters' windows pull few images into a cluster or its
-twin. Counting the pair keeps the evidence whole (``benchmarks/twins.md``).
+twin. Counting the pair keeps the evidence whole (``benchmarks/twins.md``). At k far above the natural
+groups (``cluster.k: auto`` gives about 100 images per cluster, so k grows with the corpus) a trigger
+group holding a share p of the corpus is cut into about p * k pieces, which pairs do not join: each
+cluster's group then also holds its ``ceil(k / group_k) - 1`` nearest clusters
+(:func:`~sslguard.detectors.corpus.cluster_groups`), about a tenth of the corpus at ``group_k=10``, so a
+trigger group of up to a tenth of the corpus is counted whole (why 10: ``benchmarks/defaults.md``, groups
+at fine k). On the planted case at k=50 twin pairs confirmed one of the four trigger pieces, groups all
+four (``benchmarks/fine_k.md``).
 
 Defaults (the measurements behind each: ``benchmarks/defaults.md#poisoncam``):
 
@@ -95,10 +104,20 @@ inherits the limits of :mod:`sslguard.poison_classifier`: if a wrong cluster is 
 object part and flags the images that show it. The trigger must be a distinct cluster at the chosen
 ``k``: when k-means merges the poisons with clean images of their class (k at or below the number of
 natural groups), the cluster's windows are half object parts and its paste rate falls toward 0.5. Every
-cluster gets the paste check, so the check costs ``k * n_paste_windows * n_paste_test`` forward passes.
+cluster gets the paste check (see *Cost* below).
 Twins are pairs: a trigger group split three ways, or split with a half whose nearest centroid is a clean
 cluster, is not joined; and a clean cluster whose twin is a trigger half adds nothing by it (its own
-windows carry no trigger).
+windows carry no trigger). Above ``group_k`` clusters a group of nearest clusters is only as good as the
+assumption that a trigger group's pieces are each other's nearest clusters; a clean cluster's group is
+larger too, so its object parts have more clusters to pull images into (measured clean paste rates:
+``benchmarks/fine_k.md``).
+
+Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from
+``probe_budget``: 640 searches up to 160 clusters, 4 per cluster above), step 2 pastes
+``n_paste_windows x n_paste_test`` images per cluster, step 3 is one Grad-CAM pass over the corpus plus the
+refined candidates, step 4 one pass of the poison classifier. With ``cluster.k: auto`` (k = N / 100) every
+term is at most linear in N, so the cost per image does not grow with the corpus or with k; measured
+times per k: ``benchmarks/fine_k.md``.
 """
 
 from __future__ import annotations
@@ -126,6 +145,7 @@ class _Run:
 
     corpus: Corpus
     clusters: ClusterResult
+    embeddings: np.ndarray
     win: int
     grid: np.ndarray
     fill: str
@@ -183,19 +203,25 @@ def _check_paste_args(paste_rate: float, n_paste_windows: int, n_paste_test: int
                          f"{n_paste_test}")
 
 
-def _make_run(backbone, dataset, clusters, *, window_fraction, stride_fraction, fill, batch_size, image_size,
-              device, twin_clusters, accelerator=None) -> _Run:
+def _make_run(backbone, dataset, embeddings, clusters, *, window_fraction, stride_fraction, fill, batch_size,
+              image_size, device, twin_clusters, group_k, accelerator=None) -> _Run:
     """The corpus under the cluster model, with the masking window and the exhaustive search grid."""
     corpus = Corpus(backbone, dataset, clusters.centroids, batch_size, image_size, device, twins=twin_clusters,
-                    accelerator=accelerator)
+                    accelerator=accelerator, group_k=group_k)
     side = int(corpus.images(np.arange(min(1, len(dataset)))).shape[-1])
     win = window_size(side, window_fraction)
     grid = sliding_boxes((side, side), win, max(1, window_size(side, stride_fraction)))
-    return _Run(corpus, clusters, win, grid, fill)
+    return _Run(corpus, clusters, embeddings, win, grid, fill)
+
+
+def probes_per_cluster(k: int, n_probe: int, probe_budget: int, min_probe: int = 4) -> int:
+    """Members of each cluster searched in step 1: ``n_probe``, fewer when ``k`` clusters would exceed
+    ``probe_budget`` searches in all, never fewer than ``min_probe`` (or ``n_probe`` when that is smaller)."""
+    return min(n_probe, max(min_probe, probe_budget // max(1, k)))
 
 
 def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int) -> _Probes:
-    """Step 1: a sample of every cluster's members, each under its best mask (exhaustive search)."""
+    """Step 1: a sample of every cluster's members (``n_probe`` each), each under its best mask (exhaustive search)."""
     probe_pos, probe_cluster = [], []
     for c in range(run.clusters.k):
         mem = run.clusters.members(c)
@@ -252,51 +278,49 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
     return _Confirmation(med, cand_stats, confirmed)
 
 
-def _mask_against(run: _Run, c: int, npos: np.ndarray, z: float):
-    """Every image's drop of cluster ``c`` (Grad-CAM window, refined by search) and the null sample's."""
-    tc = np.full(run.n, c, np.int64)
-    drop_c, box_c, _ = run.corpus.cam_and_mask(run.all_pos, tc, run.win, run.fill)
-    nd, _ = run.corpus.search(npos, tc[npos], run.grid, run.fill)
-    null_c = np.maximum(nd, drop_c[npos])
-    thr_c, _, _ = robust_threshold(null_c, z)
-    # refine the likeliest poisons (members, and as many again by drop) unless their Grad-CAM
-    # window already cleared the threshold: the search can only raise a score, so this saves
-    # most of its cost when Grad-CAM finds the trigger, without changing any flag.
-    members = run.clusters.members(c)
-    extra = np.argsort(-drop_c, kind="stable")[:len(members)]
-    refine = np.union1d(members, extra)
-    refine = refine[drop_c[refine] <= thr_c]
-    d_r, b_r = run.corpus.search(refine, tc[refine], run.grid, run.fill)
-    better = d_r > drop_c[refine]
-    drop_c[refine[better]], box_c[refine[better]] = d_r[better], b_r[better]
-    return drop_c, box_c, null_c, int(len(refine))
+def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,
+                      block: int = 32_768) -> np.ndarray:
+    """For every row of ``embeddings``, the confirmed cluster whose centroid is most similar (cosine), read
+    in blocks so a memory-mapped matrix is never loaded whole. A member of a confirmed cluster gets its own."""
+    cent = np.asarray(centroids, np.float64)[confirmed]
+    cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    conf = np.asarray(confirmed, np.int64)
+    out = np.empty(len(embeddings), np.int64)
+    for s in range(0, len(embeddings), block):
+        out[s:s + block] = conf[np.argmax(np.asarray(embeddings[s:s + block], np.float64) @ cent.T, axis=1)]
+    return out
 
 
 def _mask_corpus(run: _Run, confirmed: list, rng: np.random.Generator, n_null: int, z: float) -> _Masking:
-    """Step 3: mask the corpus against each confirmed cluster; threshold by the MAD rule on a null sample."""
+    """Step 3: mask every image against its nearest confirmed cluster (one pass, however many were confirmed:
+    at large k a trigger group confirmed as several clusters costs no more); threshold by the MAD rule on a
+    null sample of non-members scored the same way."""
     if not confirmed:
         # nothing confirmed: each image's own-cluster Grad-CAM window, masked, flagged by the same rule
         scores, boxes, _ = run.corpus.cam_and_mask(run.all_pos, run.assign, run.win, run.fill)
         scores, target_of = scores.astype(np.float64), run.assign.copy()
         threshold, _, _ = robust_threshold(scores, z)
         return _Masking(scores, boxes, target_of, threshold, "screen_only", {})
-    n, assign = run.n, run.assign
-    scores = np.full(n, -np.inf)
-    boxes = np.zeros((n, 4), np.int64)
-    target_of = np.full(n, -1, np.int64)
-    # null sample for the threshold: non-members, scored exactly like the candidates
-    non = np.flatnonzero(~np.isin(assign, confirmed))
+    assign = run.assign
+    target_of = nearest_confirmed(run.embeddings, run.clusters.centroids, confirmed)
+    members = np.flatnonzero(np.isin(assign, confirmed))
+    non = np.setdiff1d(run.all_pos, members)
     npos = np.sort(rng.choice(non, size=min(n_null, len(non)), replace=False)) if len(non) else run.all_pos[:1]
-    null_scores = np.full(len(npos), -np.inf)
-    refined_counts: dict[int, int] = {}
-    for c in confirmed:
-        drop_c, box_c, null_c, n_refined = _mask_against(run, c, npos, z)
-        upd = drop_c > scores
-        scores[upd], boxes[upd], target_of[upd] = drop_c[upd], box_c[upd], c
-        null_scores = np.maximum(null_scores, null_c)
-        refined_counts[c] = n_refined
+    drop, boxes, _ = run.corpus.cam_and_mask(run.all_pos, target_of, run.win, run.fill)
+    nd, _ = run.corpus.search(npos, target_of[npos], run.grid, run.fill)
+    null_scores = np.maximum(nd, drop[npos])
     threshold, _, _ = robust_threshold(null_scores, z)
-    return _Masking(scores, boxes, target_of, threshold, "confirmed_cluster", refined_counts)
+    # refine the likeliest poisons (members, and as many again by drop) unless their Grad-CAM
+    # window already cleared the threshold: the search can only raise a score, so this saves
+    # most of its cost when Grad-CAM finds the trigger, without changing any flag.
+    extra = np.argsort(-drop, kind="stable")[:len(members)]
+    refine = np.union1d(members, extra)
+    refine = refine[drop[refine] <= threshold]
+    d_r, b_r = run.corpus.search(refine, target_of[refine], run.grid, run.fill)
+    better = d_r > drop[refine]
+    drop[refine[better]], boxes[refine[better]] = d_r[better], b_r[better]
+    refined = {int(c): int((target_of[refine] == c).sum()) for c in confirmed}
+    return _Masking(drop.astype(np.float64), boxes, target_of, threshold, "confirmed_cluster", refined)
 
 
 def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: int) -> np.ndarray:
@@ -393,6 +417,7 @@ def poisoncam(
     stride_fraction: float = 0.125,
     fill: str = "context",
     n_probe: int = 32,
+    probe_budget: int = 640,
     n_null: int = 256,
     min_cluster_size: int = 2,
     z: float = 3.5,
@@ -403,6 +428,7 @@ def poisoncam(
     n_paste_windows: int = 8,
     n_paste_test: int = 32,
     twin_clusters: bool = True,
+    group_k: int | None = 10,
     classifier: bool = True,
     n_top_windows: int = 20,
     classifier_images: int = 2000,
@@ -425,6 +451,9 @@ def poisoncam(
         fill: how a window is erased: ``"context"`` (inpainted from its surroundings), ``"blur"``, ``"mean"``
             or ``"grey"`` (see :func:`sslguard.cam.mask_windows`).
         n_probe: members per cluster searched exhaustively to decide whether the cluster is a trigger cluster.
+        probe_budget: searches of step 1 in all: above ``probe_budget / n_probe`` clusters each gets fewer
+            probes (never under 4, :func:`probes_per_cluster`), so step 1 costs the same at any k up to
+            ``probe_budget / 4`` and grows with the clusters (not their square) above.
         n_null: images outside the confirmed clusters forming the null sample of the threshold.
         min_cluster_size: smaller clusters are never confirmed (a median of one image is no evidence).
         z: robust z of the MAD rule that flags single images (the masking threshold of step 3).
@@ -437,6 +466,9 @@ def poisoncam(
         twin_clusters: count a paste that lands in the cluster's twin (the cluster whose centroid is its
             mutual nearest) as an arrival, and draw the paste test images from outside both: k-means may split
             one trigger group in two such halves.
+        group_k: above this many clusters, a paste landing in one of the cluster's ``ceil(k / group_k) - 1``
+            nearest clusters counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never):
+            at k far above a corpus' natural groups one trigger group is cut into about that many pieces.
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
@@ -458,12 +490,13 @@ def poisoncam(
                                                            batch_size=batch_size, image_size=image_size)
     timings["embed_cluster_s"] = time.perf_counter() - t_start
     was_training = backbone.training
-    run = _make_run(backbone, dataset, clusters, window_fraction=window_fraction, stride_fraction=stride_fraction,
-                    fill=fill, batch_size=batch_size, image_size=image_size, device=device, twin_clusters=twin_clusters,
-                    accelerator=accelerator)
+    run = _make_run(backbone, dataset, embeddings, clusters, window_fraction=window_fraction,
+                    stride_fraction=stride_fraction, fill=fill, batch_size=batch_size, image_size=image_size,
+                    device=device, twin_clusters=twin_clusters, group_k=group_k, accelerator=accelerator)
+    n_probe_c = probes_per_cluster(clusters.k, n_probe, probe_budget)
     try:
         t = time.perf_counter()
-        probes = _probe_clusters(run, rng, n_probe)
+        probes = _probe_clusters(run, rng, n_probe_c)
         timings["probe_s"] = time.perf_counter() - t
         t = time.perf_counter()
         paste_rng = np.random.default_rng([seed, 4243])  # its own stream: the later steps draw as before
@@ -480,7 +513,8 @@ def poisoncam(
     finally:
         backbone.train(was_training)
     params = {"k": clusters.k, "window_fraction": window_fraction, "stride_fraction": stride_fraction,
-              "fill": fill, "n_probe": n_probe, "n_null": n_null, "min_cluster_size": min_cluster_size, "z": z,
+              "fill": fill, "n_probe": n_probe, "probe_budget": probe_budget,
+              "n_probe_per_cluster": n_probe_c, "group_k": group_k, "n_null": n_null, "min_cluster_size": min_cluster_size, "z": z,
               "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "paste_check": paste_check,
               "support_z": support_z if np.isfinite(support_z) else None,
               "paste_rate": paste_rate, "n_paste_windows": n_paste_windows, "n_paste_test": n_paste_test,

@@ -12,7 +12,7 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from sslguard.backdoor import triggered_target_rate
-from sslguard.cluster import ClusterResult, kmeans
+from sslguard.cluster import ClusterResult, kmeans, resolve_k
 from sslguard.config import DetectConfig, dump_yaml, to_dict
 from sslguard.data import subset_per_class
 from sslguard.detectors import DetectionResult, detector_spec, get_detector
@@ -180,7 +180,7 @@ class Pipeline:
     def stage_cluster(self, embeddings: np.ndarray):
         cfg, rd = self.cfg, self.rd
         c = cfg.cluster
-        k = min(c.k, len(embeddings))
+        k = resolve_k(c.k, len(embeddings))
         fp = self.fp["cluster"] = fingerprint("cluster", self.fp["embed"], to_dict(c), k, cfg.seed)
 
         def compute() -> None:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sslguard.cluster import AUTO_K_IMAGES_PER_CLUSTER, AUTO_K_MIN, resolve_k
 from sslguard.config import dump_yaml, to_dict
 from sslguard.report import html as H
 from sslguard.report import plots as P
@@ -166,7 +167,9 @@ def _content(ctx: ReportContext, figs, bd_rows, order_flagged, class_name, summa
                                                   f"({m.n_poisoned} images" + (", labels flipped)" if any(
                                                       r.label != r.original_label for r in m.records.values()) else ")")))
     rows.append(("encoder", cfg.encoder or f"{cfg.ssl.method} / {cfg.ssl.backbone}, {cfg.ssl.epochs} epochs (trained here)"))
-    rows.append(("k-means clusters", cfg.cluster.k))
+    k_used = resolve_k(cfg.cluster.k, n)
+    rows.append(("k-means clusters", f"{k_used} (auto: about {AUTO_K_IMAGES_PER_CLUSTER} images per cluster, at least "
+                                     f"{AUTO_K_MIN})" if cfg.cluster.k == "auto" else k_used))
     rows.append(("detectors", ", ".join(f"{k} ({int(r.flagged.sum())} flagged)" for k, r in detections.items())))
     rows.append(("fusion", f"{cfg.fusion.method} of {', '.join(fused.info['detectors'])}; flagged = {cfg.fusion.flag} "
                            f"({'flagged by any of them' if cfg.fusion.flag == 'any' else cfg.fusion.flag})"))

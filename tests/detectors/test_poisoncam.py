@@ -198,3 +198,16 @@ def test_a_trigger_group_split_over_two_clusters_is_confirmed_as_a_pair(case):
     assert ps.info["final_cluster"][0] in (a, b) and ps.info["top_window_pull_rate"] >= 0.5, ps.info
     pm = detection_metrics(ps.scores, ps.flagged, c.truth)
     assert pm["recall"] > 0.9 and pm["precision"] > 0.9, pm
+
+
+def test_nearest_confirmed_gives_members_their_own_cluster_in_any_block_size(case):
+    """Step 3 masks each image against its nearest confirmed cluster (one pass however many were confirmed)."""
+    from sslguard.detectors.poisoncam import nearest_confirmed
+
+    _, emb, clusters = case
+    confirmed = [0, 3, 7]
+    t = nearest_confirmed(emb, clusters.centroids, confirmed)
+    assert set(np.unique(t)) <= set(confirmed)
+    members = np.isin(clusters.assignments, confirmed)
+    np.testing.assert_array_equal(t[members], clusters.assignments[members])
+    np.testing.assert_array_equal(nearest_confirmed(emb, clusters.centroids, confirmed, block=7), t)
