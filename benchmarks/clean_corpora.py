@@ -4,6 +4,7 @@ Writes ``benchmarks/clean_corpora.md`` and ``clean_corpora.json``.
     python benchmarks/clean_corpora.py                    # digits, a CIFAR-10 subset, Imagenette at 64 px
     python benchmarks/clean_corpora.py --cases digits --out /tmp/clean.md
     python benchmarks/clean_corpora.py --imagenette-encoder /tmp/sslguard_scale_images/imagenette/encoder.safetensors
+    python benchmarks/clean_corpora.py --cases --rows-from /tmp/a.json /tmp/b.json     # one table from earlier runs
 
 Each case is one ``sslguard detect`` run (the pipeline, in this process) with ``attack=null``: the
 quickstart config on the embedded digits (its BadNets extra attack off too), a 3,000-image CIFAR-10 subset
@@ -71,6 +72,23 @@ def run_case(name: str, work: Path, extra: list[str]) -> dict:
     return row
 
 
+def run_without_colour_control(name: str, work: Path) -> dict:
+    """The case again on its first run's encoder, with both detectors' colour control off (side by side)."""
+    enc = work / f"clean_{name}" / "encoder.safetensors"
+    off = ["detectors.params.poisoncam.colour_control=false", "detectors.params.patchsearch.colour_control=false"]
+    config, args = CASES[name]
+    args = [a for a in args if not a.startswith("detectors.params")] + [f"encoder={enc}", *off]
+    from sslguard.pipeline import Pipeline, load_detect_config
+
+    cfg = load_detect_config(config, [*args, f"output_dir={work}", f"name=clean_{name}_nocolour"])
+    t = time.perf_counter()
+    Pipeline(cfg, quiet=True).run()
+    row = _from_run(work / f"clean_{name}_nocolour")
+    row.update(case=f"{name}, colour control off", seconds=time.perf_counter() - t,
+               command=f"sslguard detect --config {config} " + " ".join(args))
+    return row
+
+
 def markdown(rows: list[dict], argv: list[str]) -> str:
     lines = ["# Clean corpora: what the SSL stage flags when nothing was injected", "",
              f"Written by `python benchmarks/clean_corpora.py {' '.join(argv)}`".rstrip() + f" on {time.strftime('%Y-%m-%d')}.",
@@ -92,9 +110,14 @@ def markdown(rows: list[dict], argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     ap.add_argument("--imagenette-encoder", type=Path, default=None,
                     help="an encoder trained on Imagenette with the same settings (encoder=...)")
+    ap.add_argument("--compare-colour-control", nargs="*", default=["digits", "cifar10"], choices=list(CASES),
+                    help="cases also run with the detectors' colour control off, on the same encoder")
+    ap.add_argument("--rows-from", type=Path, nargs="*", default=[],
+                    help="clean_corpora.json files whose rows stand in for cases not run here (the first file "
+                         "that has a case wins)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sslguard_clean_corpora"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "clean_corpora.md")
     a = ap.parse_args(argv)
@@ -104,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         row = run_case(name, a.work, extra)
         print(json.dumps(row), flush=True)
         rows.append(row)
+        if name in a.compare_colour_control:
+            row = run_without_colour_control(name, a.work)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    for f in a.rows_from:
+        for row in json.loads(f.read_text()):
+            if row["case"].split(",")[0] not in a.cases and row["case"] not in {r["case"] for r in rows}:
+                row["command"] += f" (row read from {f}, an earlier run of this script)"
+                rows.append(row)
     a.out.write_text(markdown(rows, argv))
     a.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print(f"wrote {a.out}")

@@ -57,7 +57,7 @@ class PlantedEncoderCase:
 
 @functools.lru_cache(maxsize=4)
 def planted_patch_encoder_case(*, target: int = 3, rate: float = 0.5, trigger_size: int = 10, width: int = 16,
-                               epochs: int = 6, seed: int = 0) -> PlantedEncoderCase:
+                               epochs: int = 6, seed: int = 0, trigger_path: str | None = None) -> PlantedEncoderCase:
     """sklearn digits (1,438 train images at 32 px) with an HTBA patch on ``rate`` of class ``target``, and
     a convnet4 that has *learned* the trigger: trained a few seconds, supervised, with the triggered
     images as an 11th class; its pooled penultimate features are the embedding.
@@ -65,10 +65,11 @@ def planted_patch_encoder_case(*, target: int = 3, rate: float = 0.5, trigger_si
     This is the honest small case for detector tests: the trigger really forms a group in the encoder's
     space (as it does for an SSL encoder that learned it), and the detectors run their real code on it.
     Cluster it with :data:`PLANTED_ENCODER_K` clusters (more than its 11 groups; see there).
+    ``trigger_path``: an image file as the trigger instead of HTBA's seeded pattern.
     """
     ds = load_digits_dataset("train", seed=seed)
     pds, manifest = poison_dataset(ds, build_attack("htba", target=target, rate=rate, seed=seed,
-                                                    trigger_size=trigger_size))
+                                                    trigger_size=trigger_size, trigger_path=trigger_path))
     truth = manifest.is_poisoned(pds.keys)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

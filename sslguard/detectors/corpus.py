@@ -151,6 +151,13 @@ class Corpus:
         total = len(patches) * len(imgs)
         return sum(self.map(one, jobs)) / max(total, 1)
 
+    @staticmethod
+    def flat_copies(patches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each patch filled with its own mean colour: the colour without the pattern. A window that pulls
+        images into a cluster only as well as its flat copy does carries a colour the encoder groups by
+        (blue sky pulling images among the ships and aeroplanes), not a trigger pattern."""
+        return [p.float().mean(dim=(1, 2), keepdim=True).expand_as(p).round().to(p.dtype) for p in patches]
+
     def search(self, positions: np.ndarray, targets: np.ndarray, grid: np.ndarray, fill: str):
         """Exhaustive sliding-window masking: best drop and box per image."""
         per = max(1, self.batch_size // len(grid))  # images per chunk so one chunk is ~batch_size masked copies

@@ -25,7 +25,11 @@ CVPR 2023 (our own code, following the paper's algorithm):
    paper's cut, probability 0.5, flagged none of the planted or quickstart poisons while ranking them
    first. Nothing is flagged when the top windows do not pull, at their median,
    ``paste_rate`` of the test images they are pasted on into their cluster: the search then found no
-   trigger (an encoder that learned none), and cutting the logits' tail would remove clean images.
+   trigger (an encoder that learned none), and cutting the logits' tail would remove clean images. Nor
+   when flat copies of the top windows (each filled with its mean colour) pull as many
+   (``colour_control``): the encoder then groups a colour, not a pattern (a clean CIFAR-10 subset:
+   windows of blue sky from ships and aeroplanes pulled 0.89 into their cluster and flagged 54 clean
+   images before this control; ``benchmarks/clean_corpora.md``).
 
 Defaults (the measurements behind each: ``benchmarks/defaults.md#patchsearch``):
 
@@ -47,6 +51,8 @@ its score (they are in the same cluster already). Above ``test_size`` clusters t
 image of ``test_size`` random clusters, so some clusters have no test image. Above ``round_windows``
 clusters a cluster's first round rests on a single window: a trigger piece whose one Grad-CAM window
 missed the trigger can be dropped (other pieces of the same group remain).
+
+The colour control rejects a trigger that is one flat colour, as PoisonCAM's does.
 
 Cost: the Grad-CAM pass and the classifier's scoring are one pass over the corpus; the search is
 ``windows scored x test images`` forward passes, with the test set near ``test_size`` and at most
@@ -122,8 +128,9 @@ def _make_test_set(corpus: Corpus, clusters: ClusterResult, test_per_cluster: in
 
 
 def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _TestSet,
-                 positions: np.ndarray) -> np.ndarray:
-    """Flip counts of the Grad-CAM windows of ``positions`` (batched: every window x every test image)."""
+                 positions: np.ndarray, flat: bool = False) -> np.ndarray:
+    """Flip counts of the Grad-CAM windows of ``positions`` (batched: every window x every test image);
+    ``flat``: of their flat mean-colour copies (:meth:`Corpus.flat_copies`)."""
     T = len(test.pos)
     per = max(1, corpus.batch_size // T)
 
@@ -135,6 +142,8 @@ def _flip_counts(corpus: Corpus, boxes: np.ndarray, assign: np.ndarray, test: _T
         for i, p in enumerate(pos):
             x, y, w, h = (int(v) for v in boxes[p])
             patch = src[i, :, y:y + h, x:x + w]
+            if flat:
+                patch = corpus.flat_copies([patch])[0]
             pasted.append(paste_many(test.imgs, [patch] * T, test.at))
         new = corpus.model(torch.cat(pasted)).argmax(1).view(len(pos), T).cpu().numpy()
         g = corpus.groups[assign[pos]]  # (windows, k): the clusters an arrival may land in
@@ -206,22 +215,33 @@ def _pull_rate(poison_score: np.ndarray, assign: np.ndarray, test: _TestSet, top
     return float(np.median(top_rates)) if len(top_rates) else 0.0
 
 
+def _evidence(top_rate: float, flat_rate: float | None, paste_rate: float) -> tuple[bool, str]:
+    """Whether the top windows are trigger evidence, and the sentence that says why (or why not)."""
+    if top_rate < paste_rate:
+        return False, (f"none: the top windows pull a median {top_rate:.2f} of pasted images (< {paste_rate}), "
+                       "nothing is flagged")
+    if flat_rate is not None and flat_rate >= paste_rate:
+        return False, (f"none: the top windows pull a median {top_rate:.2f}, but flat copies of their mean colour "
+                       f"pull {flat_rate:.2f} (>= {paste_rate}): the encoder groups a colour, not a pattern; "
+                       "nothing is flagged")
+    return True, f"trigger windows (median pull rate {top_rate:.2f})"
+
+
 def _result(dataset, assign, boxes, test: _TestSet, search: _Search, scores, top, scored, clean_pool, clean_pos, *,
-            groups, paste_rate, z, win, timings, t_start, params) -> DetectionResult:
+            top_rate, flat_rate, paste_rate, z, win, timings, t_start, params) -> DetectionResult:
     """The evidence bar, the flags, the run's record and the :class:`DetectionResult`."""
     n, poison_score = len(assign), search.poison_score
     # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
-    # does not. Below the bar the search ended on a cluster without a trigger (an encoder that learned
-    # none): the logits still rank, but nothing is flagged.
-    top_rate = _pull_rate(poison_score, assign, test, top, groups)
+    # does not, nor does a flat patch of the window's colour. Otherwise the search ended on a cluster
+    # without a trigger (an encoder that learned none): the logits still rank, but nothing is flagged.
     threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
-    found = top_rate >= paste_rate
+    found, evidence = _evidence(top_rate, flat_rate, paste_rate)
     flagged = scores > threshold if found else np.zeros(n, dtype=bool)
     timings["total_s"] = time.perf_counter() - t_start
     info: dict[str, Any] = {
-        "evidence": f"trigger windows (median pull rate {top_rate:.2f})" if found else
-        f"none: the top windows pull a median {top_rate:.2f} of pasted images (< {paste_rate}), nothing is flagged",
+        "evidence": evidence,
         "top_window_pull_rate": top_rate,
+        "flat_pull_rate": flat_rate,
         "cut": cut_info,
         "final_cluster": search.remaining,
         "pruned_order": search.pruned_order,
@@ -261,6 +281,7 @@ def patchsearch(
     paste_rate: float = 0.5,
     twin_clusters: bool = True,
     group_k: int | None = 10,
+    colour_control: bool = True,
     z: float = 3.5,
     batch_size: int = 256,
     image_size: int | None = None,
@@ -293,6 +314,9 @@ def patchsearch(
             centroid) counts them too, as in PoisonCAM: k-means may split one trigger group in two.
         group_k: above this many clusters each cluster's ``ceil(k / group_k) - 1`` nearest clusters count
             as arrivals too, as in PoisonCAM (``None``: never).
+        colour_control: the top windows are evidence only when flat copies of them (each filled with its mean
+            colour) pull, at their median, fewer than ``paste_rate`` of the test images: the pattern, not the
+            colour, must do the pulling (``info["flat_pull_rate"]``).
         z: robust z of the held-out clean images' MAD bound that the flag threshold never goes under
             (:func:`sslguard.detectors.base.classifier_cut`).
 
@@ -330,6 +354,13 @@ def patchsearch(
             corpus, clusters, boxes, search, rng, n_top_windows=n_top_windows, classifier_images=classifier_images,
             classifier_epochs=classifier_epochs, seed=seed)
         timings["classifier_s"] = time.perf_counter() - t
+        top_rate = _pull_rate(search.poison_score, assign, test, top, corpus.groups)
+        flat_rate = None
+        if colour_control and top_rate >= paste_rate and len(top):
+            # the colour control: the same windows flattened to their mean colour, on the same test images
+            flat_scores = np.full(n, -1, np.int64)
+            flat_scores[top] = _flip_counts(corpus, boxes, assign, test, top, flat=True)
+            flat_rate = _pull_rate(flat_scores, assign, test, top, corpus.groups)
     finally:
         backbone.train(was_training)
     params = {"k": clusters.k, "window_fraction": window_fraction, "test_per_cluster": test_per_cluster,
@@ -337,7 +368,7 @@ def patchsearch(
               "group_k": group_k, "prune_fraction": prune_fraction,
               "final_samples": final_samples, "n_top_windows": n_top_windows,
               "classifier_images": classifier_images, "classifier_epochs": classifier_epochs, "seed": seed,
-              "paste_rate": paste_rate, "twin_clusters": twin_clusters, "z": z,
+              "paste_rate": paste_rate, "twin_clusters": twin_clusters, "colour_control": colour_control, "z": z,
               "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, assign, boxes, test, search, scores, top, scored, clean_pool, clean_pos,
-                   groups=corpus.groups, paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)
+                   top_rate=top_rate, flat_rate=flat_rate, paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)

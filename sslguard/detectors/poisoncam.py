@@ -18,7 +18,10 @@ This implementation (our own code, following the idea) runs in four steps:
 2. **Confirm** a cluster by the *paste check*: the windows of its ``n_paste_windows`` highest-drop
    probes, pasted at random places onto ``n_paste_test`` non-members, must move at least ``paste_rate``
    of them into the cluster. What was erased is a trigger when it also *brings* images in; a part of a
-   clean object (a wing, a stroke of a digit) rarely does. Every cluster of at least
+   clean object (a wing, a stroke of a digit) rarely does. Nor must flat copies of the same windows (each
+   filled with its mean colour) pull as many (``colour_control``): then the encoder groups a colour, not a
+   pattern (on a clean CIFAR-10 subset, patches of blue sky pulled 0.94 of pasted images among the ships and
+   aeroplanes and their flat copies 0.85; ``benchmarks/clean_corpora.md``). Every cluster of at least
    ``min_cluster_size`` members is checked (``support_z=-inf``): the size of the masking drop alone
    does not single out the trigger cluster (see *Why the paste check decides* below). A pasted image
    that lands in the cluster's *twin* counts too (``twin_clusters``; the twin is the cluster whose
@@ -111,6 +114,10 @@ windows carry no trigger). Above ``group_k`` clusters a group of nearest cluster
 assumption that a trigger group's pieces are each other's nearest clusters; a clean cluster's group is
 larger too, so its object parts have more clusters to pull images into (measured clean paste rates:
 ``benchmarks/fine_k.md``).
+
+The colour control rejects a trigger that is one flat colour (a solid square): its flat copy is itself, so
+it pulls as well (``tests/detectors/test_colour_control.py``); such a trigger is indistinguishable, by
+pasting, from a colour the encoder groups by.
 
 Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from
 ``probe_budget``: 640 searches up to 160 clusters, 4 per cluster above), step 2 pastes
@@ -235,8 +242,9 @@ def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int) -> _Probe
 
 
 def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, paste_rng: np.random.Generator,
-                      n_paste_windows: int, n_paste_test: int) -> float:
-    """Share of non-members that cluster ``c``'s top probe windows, pasted on them, pull into ``c``."""
+                      n_paste_windows: int, n_paste_test: int, paste_rate: float, seed: int) -> tuple[float, float | None]:
+    """Share of non-members that cluster ``c``'s top probe windows, pasted on them, pull into ``c``; and,
+    when that reaches ``paste_rate``, the share their flat mean-colour copies pull (``None`` otherwise)."""
     # the other half of the causal evidence: a trigger cluster's windows also *bring* other
     # images into it, while a clean cluster's parts (what its members' masks erased) rarely do
     mine_pos = np.flatnonzero(mine)
@@ -244,12 +252,18 @@ def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, past
     patches = crop_windows(run.corpus.images(probes.pos[pick]), probes.box[pick])
     others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
     test_pos = np.sort(paste_rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
-    return run.corpus.paste_rate(patches, test_pos, c, paste_rng)
+    rate = run.corpus.paste_rate(patches, test_pos, c, paste_rng)
+    if rate < paste_rate:
+        return rate, None
+    # the colour control, on its own stream so the other clusters' paste tests draw as without it
+    flat_rng = np.random.default_rng([seed, 4244, c])
+    return rate, run.corpus.paste_rate(run.corpus.flat_copies(patches), test_pos, c, flat_rng)
 
 
 def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator, *, confirm_z: float,
                       min_cluster_size: int, paste_check: bool, support_z: float, paste_rate: float,
-                      n_paste_windows: int, n_paste_test: int) -> _Confirmation:
+                      n_paste_windows: int, n_paste_test: int, colour_control: bool = True,
+                      seed: int = 0) -> _Confirmation:
     """Step 2: confirm a cluster by its masking drop above ``confirm_z``, or by the paste check."""
     sizes = run.clusters.sizes
     med = np.full(run.clusters.k, -np.inf)
@@ -269,12 +283,17 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
             confirmed.append(c)
             cand_stats[c]["confirmed_by"] = "masking"
         elif paste_check and rz >= support_z:
-            rate = _confirm_by_paste(run, probes, c, mine, paste_rng, n_paste_windows, n_paste_test)
+            rate, flat = _confirm_by_paste(run, probes, c, mine, paste_rng, n_paste_windows, n_paste_test,
+                                           paste_rate if colour_control else float("inf"), seed)
             cand_stats[c]["paste_rate"] = rate
             cand_stats[c]["paste_into"] = run.corpus.group(c).tolist()
-            if rate >= paste_rate:
+            if flat is not None:
+                cand_stats[c]["flat_paste_rate"] = flat
+            if rate >= paste_rate and (flat is None or flat < paste_rate):
                 confirmed.append(c)
                 cand_stats[c]["confirmed_by"] = "masking+paste"
+            elif flat is not None:
+                cand_stats[c]["rejected_by"] = "colour: flat copies of its windows pull as well"
     return _Confirmation(med, cand_stats, confirmed)
 
 
@@ -429,6 +448,7 @@ def poisoncam(
     n_paste_test: int = 32,
     twin_clusters: bool = True,
     group_k: int | None = 10,
+    colour_control: bool = True,
     classifier: bool = True,
     n_top_windows: int = 20,
     classifier_images: int = 2000,
@@ -469,6 +489,9 @@ def poisoncam(
         group_k: above this many clusters, a paste landing in one of the cluster's ``ceil(k / group_k) - 1``
             nearest clusters counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never):
             at k far above a corpus' natural groups one trigger group is cut into about that many pieces.
+        colour_control: a cluster whose windows reach ``paste_rate`` is confirmed only when flat copies of
+            the same windows (each filled with its mean colour) pull fewer than ``paste_rate``: the pattern,
+            not the colour, must do the pulling (``cluster_stats[c]["flat_paste_rate"]``).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
@@ -502,7 +525,8 @@ def poisoncam(
         paste_rng = np.random.default_rng([seed, 4243])  # its own stream: the later steps draw as before
         conf = _confirm_clusters(run, probes, paste_rng, confirm_z=confirm_z, min_cluster_size=min_cluster_size,
                                  paste_check=paste_check, support_z=support_z, paste_rate=paste_rate,
-                                 n_paste_windows=n_paste_windows, n_paste_test=n_paste_test)
+                                 n_paste_windows=n_paste_windows, n_paste_test=n_paste_test,
+                                 colour_control=colour_control, seed=seed)
         timings["confirm_s"] = time.perf_counter() - t
         t = time.perf_counter()
         mask = _mask_corpus(run, conf.confirmed, rng, n_null, z)
@@ -518,7 +542,7 @@ def poisoncam(
               "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "paste_check": paste_check,
               "support_z": support_z if np.isfinite(support_z) else None,
               "paste_rate": paste_rate, "n_paste_windows": n_paste_windows, "n_paste_test": n_paste_test,
-              "twin_clusters": twin_clusters, "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
+              "twin_clusters": twin_clusters, "colour_control": colour_control, "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
               "classifier_epochs": classifier_epochs,
               "seed": seed, "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, run, conf, mask, scores, threshold, top, final_stage, classifier_info, timings, t_start,
