@@ -148,7 +148,9 @@ def markdown(rows: list[dict], argv: list[str], sweep: list[dict] | None = None)
     lines += ["", "PoisonCAM's flags can stay right with pairs even when it confirms a single piece: its poison",
               "classifier, trained on that piece's trigger windows, finds the poisons of the other pieces. What",
               "pairs lose first is the confirmation, then (PatchSearch) the evidence bar: the top windows' pull",
-              "into one piece falls toward 1 / pieces.", ""]
+              "into one piece falls toward 1 / pieces.", "",
+              "Times are wall seconds on a shared 2-core machine: read them side by side within one k (the two",
+              "variants ran back to back), not across runs.", ""]
     return "\n".join(lines)
 
 

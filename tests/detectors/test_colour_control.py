@@ -1,5 +1,6 @@
 """The colour control of the paste evidence: a window must pull images into its cluster by its pattern; when a
-flat copy of its mean colour pulls as well, the encoder groups a colour, and neither SSL detector flags."""
+flat copy of its mean colour pulls as well, the encoder groups a colour, and neither SSL detector flags (on by
+default in PatchSearch, an option in PoisonCAM)."""
 
 import numpy as np
 import pytest
@@ -32,7 +33,8 @@ def test_flat_copies_keep_the_mean_colour_only():
 def test_a_colour_the_encoder_groups_is_no_trigger_evidence(flat_case):
     c, emb, clusters = flat_case
     pc = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
-                                   n_probe=8, n_null=48, classifier_images=300, classifier_epochs=2, seed=0)
+                                   n_probe=8, n_null=48, classifier_images=300, classifier_epochs=2, seed=0,
+                                   colour_control=True)  # off by default in PoisonCAM (its Limits)
     stats = pc.info["cluster_stats"]
     trig = set(np.unique(clusters.assignments[c.truth]).tolist())
     pulled = [q for q in trig if stats.get(q, {}).get("paste_rate", 0) >= 0.5]
@@ -50,6 +52,6 @@ def test_a_patterned_trigger_passes_the_colour_control():
     c = planted_patch_encoder_case(seed=0)
     emb, clusters = embed_and_cluster(c.backbone, c.dataset)
     pc = get_detector("poisoncam")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
-                                   n_probe=8, n_null=48, classifier=False, seed=0)
+                                   n_probe=8, n_null=48, classifier=False, seed=0, colour_control=True)
     flats = [pc.info["cluster_stats"][q]["flat_paste_rate"] for q in pc.info["confirmed_clusters"]]
     assert flats and max(flats) < 0.5, flats
