@@ -102,7 +102,12 @@ def markdown(rows: list[dict], argv: list[str]) -> str:
                      f"{d.get('patchsearch', {}).get('flagged', '-')} | {r['fused_flagged']} ({share:.2%}) | "
                      f"{'yes' if share <= 0.01 else '**no**'} | {d.get('poisoncam', {}).get('evidence', '-')} | "
                      f"{d.get('patchsearch', {}).get('evidence', '-')} |")
-    lines += ["", "Runs (wall time with SSL training, unless an encoder was given):", ""]
+    lines += ["", "*Fused flags* are the run's output (`fusion.flag: any` over PoisonCAM and PatchSearch): a detector",
+              "that flags images in most classes, where a backdoor's poisons share one label, is named in a warning",
+              "and does not vote (`sslguard/plausibility.py`), which is how a row can show a detector's flags and",
+              "none fused. The colour control only acts on windows that reached the paste bar (and draws from its",
+              "own random stream), so a row in which no detector's windows reached it is the same with it on or off.",
+              "", "Runs (wall time with SSL training, unless an encoder was given):", ""]
     lines += [f"- {r['case']}: `{r['command']}` ({r['seconds']:.0f} s)" for r in rows] + [""]
     return "\n".join(lines)
 
