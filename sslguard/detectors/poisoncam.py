@@ -474,9 +474,7 @@ def poisoncam(
         fill: how a window is erased: ``"context"`` (inpainted from its surroundings), ``"blur"``, ``"mean"``
             or ``"grey"`` (see :func:`sslguard.cam.mask_windows`).
         n_probe: members per cluster searched exhaustively to decide whether the cluster is a trigger cluster.
-        probe_budget: searches of step 1 in all: above ``probe_budget / n_probe`` clusters each gets fewer
-            probes (never under 4, :func:`probes_per_cluster`), so step 1 costs the same at any k up to
-            ``probe_budget / 4`` and grows with the clusters (not their square) above.
+        probe_budget: searches of step 1 in all, shared by the clusters (at least 4 each; :func:`probes_per_cluster`).
         n_null: images outside the confirmed clusters forming the null sample of the threshold.
         min_cluster_size: smaller clusters are never confirmed (a median of one image is no evidence).
         z: robust z of the MAD rule that flags single images (the masking threshold of step 3).
@@ -489,13 +487,10 @@ def poisoncam(
         twin_clusters: count a paste that lands in the cluster's twin (the cluster whose centroid is its
             mutual nearest) as an arrival, and draw the paste test images from outside both: k-means may split
             one trigger group in two such halves.
-        group_k: above this many clusters, a paste landing in one of the cluster's ``ceil(k / group_k) - 1``
-            nearest clusters counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never):
-            at k far above a corpus' natural groups one trigger group is cut into about that many pieces.
-        colour_control: a cluster whose windows reach ``paste_rate`` is confirmed only when flat copies of
-            the same windows (each filled with its mean colour) pull fewer than ``paste_rate``: the pattern,
-            not the colour, must do the pulling (``cluster_stats[c]["flat_paste_rate"]``). Off by default
-            (why: *Limits*).
+        group_k: above this many clusters a paste into one of the ``ceil(k / group_k) - 1`` nearest clusters
+            counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never).
+        colour_control: confirm only when flat mean-colour copies of the windows pull under ``paste_rate``
+            (``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
