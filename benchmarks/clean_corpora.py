@@ -46,17 +46,17 @@ def _from_run(run_dir: Path) -> dict:
     """Per-detector flags and evidence from a finished run folder."""
     from sslguard.detectors import DetectionResult
 
-    out = {}
+    out, k = {}, None
     for name in SSL:
         f = run_dir / "detectors" / f"{name}.json"
         if f.exists():
             r = DetectionResult.load_json(f)
             out[name] = {"flagged": int(r.flagged.sum()), "evidence": str(r.info.get("evidence", "")),
                          "seconds": float(r.info.get("timings", {}).get("total_s", float("nan")))}
+            k = k if k is not None else r.info.get("params", {}).get("k")
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"n": int(summary["n_images"]), "fused_flagged": int(summary["n_flagged"]), "detectors": out,
-            "k": int(json.loads((run_dir / "detectors" / "poisoncam.json").read_text())["info"]["params"]["k"])
-            if (run_dir / "detectors" / "poisoncam.json").exists() else None}
+            "k": None if k is None else int(k)}
 
 
 def run_case(name: str, work: Path, extra: list[str]) -> dict:

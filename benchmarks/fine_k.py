@@ -108,6 +108,26 @@ def _f(v, nd=2):
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+# (header, cell) per column of each detector's table; the first four and the last six are shared
+_HEAD = [("seed", lambda r: r["seed"]), ("k", lambda r: r["k"]), ("pieces", lambda r: r["pieces"]),
+         ("variant", lambda r: r["variant"])]
+_TAIL = [("flagged", lambda r: r["flagged"]), ("P", lambda r: _f(r["precision"])), ("R", lambda r: _f(r["recall"])),
+         ("AUROC", lambda r: _f(r["auroc"], 3)), ("s", lambda r: f"{r['seconds']:.1f}"),
+         ("ms/image", lambda r: f"{r['ms_per_image']:.1f}")]
+PC_COLUMNS = [*_HEAD, ("confirmed pieces", lambda r: r["confirmed"]), ("false confirmed", lambda r: r["false_confirmed"]),
+              ("min trigger paste rate", lambda r: _f(r["min_trigger_rate"])),
+              ("max clean paste rate", lambda r: _f(r["max_clean_rate"])), *_TAIL]
+PS_COLUMNS = [*_HEAD, ("search ends in a piece", lambda r: r["final_in_trigger"]), ("top-window pull", lambda r: _f(r["pull"])),
+              ("test images", lambda r: r["test_size"]), ("windows scored", lambda r: r["n_scored"]), *_TAIL]
+
+
+def _table(rows: list[dict], detector: str, columns: list) -> list[str]:
+    """A markdown table of ``detector``'s rows: text columns left-aligned, numbers right."""
+    align = ["---" if h in ("seed", "variant", "search ends in a piece") else "---:" for h, _ in columns]
+    out = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "|".join(align) + "|"]
+    return out + ["| " + " | ".join(str(cell(r)) for _, cell in columns) + " |" for r in rows if r["detector"] == detector]
+
+
 def markdown(rows: list[dict], argv: list[str], sweep: list[dict] | None = None) -> str:
     import torch
 
@@ -119,24 +139,8 @@ def markdown(rows: list[dict], argv: list[str], sweep: list[dict] | None = None)
              "nearest clusters; PoisonCAM's probe budget 640, PatchSearch's test set 320 and 160 windows per round).",
              "*pairs*: twins only and the per-cluster sample sizes of before (32 probes, 16 test images and 8",
              "windows per round in every cluster). *pieces*: clusters holding poisons (pure at every k here).", "",
-             "## PoisonCAM", "",
-             "| seed | k | pieces | variant | confirmed pieces | false confirmed | min trigger paste rate | max clean "
-             "paste rate | flagged | P | R | AUROC | s | ms/image |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["detector"] == "poisoncam":
-            lines.append(f"| {r['seed']} | {r['k']} | {r['pieces']} | {r['variant']} | {r['confirmed']} | "
-                         f"{r['false_confirmed']} | {_f(r['min_trigger_rate'])} | {_f(r['max_clean_rate'])} | "
-                         f"{r['flagged']} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['auroc'], 3)} | "
-                         f"{r['seconds']:.1f} | {r['ms_per_image']:.1f} |")
-    lines += ["", "## PatchSearch", "",
-              "| seed | k | pieces | variant | search ends in a piece | top-window pull | test images | windows "
-              "scored | flagged | P | R | AUROC | s | ms/image |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["detector"] == "patchsearch":
-            lines.append(f"| {r['seed']} | {r['k']} | {r['pieces']} | {r['variant']} | {r['final_in_trigger']} | "
-                         f"{_f(r['pull'])} | {r['test_size']} | {r['n_scored']} | {r['flagged']} | "
-                         f"{_f(r['precision'])} | {_f(r['recall'])} | {_f(r['auroc'], 3)} | {r['seconds']:.1f} | "
-                         f"{r['ms_per_image']:.1f} |")
+             "## PoisonCAM", "", *_table(rows, "poisoncam", PC_COLUMNS), "", "## PatchSearch", "",
+             *_table(rows, "patchsearch", PS_COLUMNS)]
     if sweep:
         lines += ["", "## group_k sweep (PoisonCAM's paste check)", "",
                   "Every cluster's paste rate (8 probe windows on 32 images from outside the cluster's group) with",

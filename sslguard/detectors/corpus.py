@@ -19,15 +19,24 @@ from sslguard.utils.dist import map_chunks
 __all__ = ["Corpus", "cluster_groups", "group_extra", "mutual_nearest", "prepare_embeddings_and_clusters"]
 
 
-def mutual_nearest(centroids: np.ndarray) -> np.ndarray:
-    """Each cluster's *twin*: the cluster whose centroid is its nearest (cosine) when that one's nearest is
-    it in turn; -1 when the nearest is not mutual. Pairs only: a group split three ways is not joined."""
+def _centroid_similarity(centroids: np.ndarray) -> np.ndarray:
+    """Cosine similarity between centroids, ``-inf`` on the diagonal (a cluster is not its own neighbour)."""
     c = np.asarray(centroids, dtype=np.float64)
     c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
     sim = c @ c.T
     np.fill_diagonal(sim, -np.inf)
+    return sim
+
+
+def _mutual(sim: np.ndarray) -> np.ndarray:
     nearest = sim.argmax(1)
-    return np.where(nearest[nearest] == np.arange(len(c)), nearest, -1)
+    return np.where(nearest[nearest] == np.arange(len(sim)), nearest, -1)
+
+
+def mutual_nearest(centroids: np.ndarray) -> np.ndarray:
+    """Each cluster's *twin*: the cluster whose centroid is its nearest (cosine) when that one's nearest is
+    it in turn; -1 when the nearest is not mutual. Pairs only: a group split three ways is not joined."""
+    return _mutual(_centroid_similarity(centroids))
 
 
 def group_extra(k: int, group_k: int | None) -> int:
@@ -45,18 +54,15 @@ def cluster_groups(centroids: np.ndarray, *, twins: bool = True, extra: int = 0)
     """``(k, k)`` bool: row ``c`` marks the clusters a paste into ``c`` may land in and still count as an
     arrival: ``c``, its twin (:func:`mutual_nearest`, when ``twins``), and its ``extra`` nearest centroids
     (cosine; ties broken by the lower index). Not symmetric in general."""
-    c = np.asarray(centroids, dtype=np.float64)
-    k = len(c)
+    sim = _centroid_similarity(centroids)
+    k = len(sim)
     g = np.eye(k, dtype=bool)
     if twins and k > 1:
-        t = mutual_nearest(c)
+        t = _mutual(sim)
         has = t >= 0
         g[np.flatnonzero(has), t[has]] = True
     extra = min(int(extra), k - 1)
     if extra > 0:
-        cn = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        sim = cn @ cn.T
-        np.fill_diagonal(sim, -np.inf)
         near = np.argsort(-sim, axis=1, kind="stable")[:, :extra]
         g[np.arange(k)[:, None], near] = True
     return g

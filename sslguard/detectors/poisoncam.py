@@ -145,6 +145,7 @@ from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector, robust_threshold
 from sslguard.detectors.corpus import Corpus, prepare_embeddings_and_clusters
 from sslguard.poison_classifier import classifier_logits, crop_windows, train_poison_classifier
+from sslguard.utils.chunks import iter_rows
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +246,11 @@ def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int) -> _Probe
 
 
 def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, paste_rng: np.random.Generator,
-                      n_paste_windows: int, n_paste_test: int, paste_rate: float, seed: int) -> tuple[float, float | None]:
+                      n_paste_windows: int, n_paste_test: int, paste_rate: float, colour_control: bool,
+                      seed: int) -> tuple[float, float | None]:
     """Share of non-members that cluster ``c``'s top probe windows, pasted on them, pull into ``c``; and,
-    when that reaches ``paste_rate``, the share their flat mean-colour copies pull (``None`` otherwise)."""
+    with ``colour_control`` when that reaches ``paste_rate``, the share their flat mean-colour copies pull
+    (``None`` otherwise)."""
     # the other half of the causal evidence: a trigger cluster's windows also *bring* other
     # images into it, while a clean cluster's parts (what its members' masks erased) rarely do
     mine_pos = np.flatnonzero(mine)
@@ -256,7 +259,7 @@ def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, past
     others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
     test_pos = np.sort(paste_rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
     rate = run.corpus.paste_rate(patches, test_pos, c, paste_rng)
-    if rate < paste_rate:
+    if not colour_control or rate < paste_rate:
         return rate, None
     # the colour control, on its own stream so the other clusters' paste tests draw as without it
     flat_rng = np.random.default_rng([seed, 4244, c])
@@ -287,7 +290,7 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
             cand_stats[c]["confirmed_by"] = "masking"
         elif paste_check and rz >= support_z:
             rate, flat = _confirm_by_paste(run, probes, c, mine, paste_rng, n_paste_windows, n_paste_test,
-                                           paste_rate if colour_control else float("inf"), seed)
+                                           paste_rate, colour_control, seed)
             cand_stats[c]["paste_rate"] = rate
             cand_stats[c]["paste_into"] = run.corpus.group(c).tolist()
             if flat is not None:
@@ -303,13 +306,14 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
 def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,
                       block: int = 32_768) -> np.ndarray:
     """For every row of ``embeddings``, the confirmed cluster whose centroid is most similar (cosine), read
-    in blocks so a memory-mapped matrix is never loaded whole. A member of a confirmed cluster gets its own."""
+    in blocks (:func:`~sslguard.utils.chunks.iter_rows`) so a memory-mapped matrix is never loaded whole.
+    A member of a confirmed cluster gets its own."""
     cent = np.asarray(centroids, np.float64)[confirmed]
     cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     conf = np.asarray(confirmed, np.int64)
     out = np.empty(len(embeddings), np.int64)
-    for s in range(0, len(embeddings), block):
-        out[s:s + block] = conf[np.argmax(np.asarray(embeddings[s:s + block], np.float64) @ cent.T, axis=1)]
+    for s, rows in iter_rows(embeddings, block, dtype=np.float64):
+        out[s:s + len(rows)] = conf[np.argmax(rows @ cent.T, axis=1)]
     return out
 
 
