@@ -4,6 +4,7 @@
     python scripts/benchmark.py ssl --minutes 1 --n-train 2000 --output benchmarks/ssl_quick.md
     python scripts/benchmark.py repair --config benchmarks/configs/repair_cifar10.yaml --threads 1
     python scripts/benchmark.py detect --config benchmarks/configs/cifar10_detect.yaml --threads 1
+    python scripts/benchmark.py generalization --cases quickstart planted   # benchmarks/generalization.md
     python scripts/benchmark.py gpu-pack                       # then, on the lent GPU (benchmarks/encoders/README.md):
     python scripts/benchmark.py gpu-encoder --output $OUT --budget-s 400
 
@@ -215,10 +216,22 @@ def add_gpu_encoder(sub) -> None:
     p.set_defaults(func=_run_gpu_encoder)
 
 
-SUBCOMMANDS = [add_ssl, add_classifier, add_repair, add_detect, add_gpu_pack, add_gpu_encoder]
+def add_generalization(sub) -> None:
+    p = sub.add_parser("generalization", add_help=False,
+                       help="every SSL detector and the fused flags on every case (benchmarks/generalization.md)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the arguments of benchmarks/generalization.py (--help there)")
+    p.set_defaults(func=None)  # main() hands "generalization" to benchmarks/generalization.py before parsing
+
+
+SUBCOMMANDS = [add_ssl, add_classifier, add_repair, add_detect, add_generalization, add_gpu_pack, add_gpu_encoder]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["generalization"]:  # its own parser (argparse's REMAINDER drops leading options)
+        from benchmarks.generalization import main as generalization_main
+
+        return int(generalization_main(argv[1:]) or 0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:

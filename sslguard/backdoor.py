@@ -89,6 +89,17 @@ def _patch_size_of(attack, shape: tuple[int, ...]) -> tuple[int, int]:
     return int(loc[2]), int(loc[3])
 
 
+def control_patch_size(attack, image_size: int) -> int | tuple[int, int]:
+    """Side of the random-patch control for ``attack`` on ``image_size`` px images: the attack's own patch
+    size, or a quarter of the side for a global trigger (blend, SIG, CTRL, WaNet), which has none. The
+    control asks "does any perturbation pull images to the target?"; for a global trigger a quarter-side
+    patch is a perturbation of the same order as the papers' patch triggers (8 px on 32)."""
+    try:
+        return _patch_size_of(attack, (int(image_size), int(image_size), 3))
+    except (ValueError, KeyError, TypeError):
+        return max(1, int(image_size) // 4)
+
+
 @torch.no_grad()
 def triggered_target_rate(
     backbone: torch.nn.Module,

@@ -18,13 +18,18 @@ import numpy as np
 
 
 def implausible_flags(flagged: np.ndarray, labels: np.ndarray | None, *, max_share: float | None = 0.2,
-                      max_class_share: float | None = 0.5, min_flagged: int = 10) -> str | None:
+                      max_class_share: float | None = 0.5, min_flagged: int = 10,
+                      min_class_fraction: float = 0.05) -> str | None:
     """Why ``flagged`` is implausible, in words, or ``None``.
 
     ``max_share``: the largest share of the corpus a flag set may hold. ``max_class_share``: the largest
     share of the classes its flags may fall into (labels; unlabelled corpora have no class rule).
     ``min_flagged``: fewer flags than this are never called implausible by the class rule (a handful of
-    stray flags spread over classes is noise, not a runaway detector).
+    stray flags spread over classes is noise, not a runaway detector). ``min_class_fraction``: a class
+    counts as flagged only when it holds at least this share of the flags (and two of them): a detector of
+    precision 0.95 may scatter its few false flags over many classes, while a runaway one puts a real share
+    of its flags in each (on a CIFAR-10 case PoisonCAM's 500 poisons came with 12 stray flags in five other
+    classes, and the rule without this share silenced it; ``benchmarks/generalization.md``).
     """
     flagged = np.asarray(flagged, dtype=bool)
     n, k = len(flagged), int(flagged.sum())
@@ -36,7 +41,8 @@ def implausible_flags(flagged: np.ndarray, labels: np.ndarray | None, *, max_sha
         labels = np.asarray(labels)
         known = labels >= 0
         classes = np.unique(labels[known])
-        hit = np.unique(labels[flagged & known])
+        hit_labels, counts = np.unique(labels[flagged & known], return_counts=True)
+        hit = hit_labels[counts >= max(2, min_class_fraction * k)]
         if len(classes) >= 3 and len(hit) > max_class_share * len(classes):
             return (f"flagged images in {len(hit)} of {len(classes)} classes, where an all-to-one backdoor puts its "
                     f"poisons in one")

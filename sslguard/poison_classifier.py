@@ -9,7 +9,9 @@ reacts to the trigger in some poisons only weakly.
 
 Limits: the classifier learns what the windows show. Windows that hold only a part of the trigger teach
 that part; windows that are not triggers at all (a wrong cluster confirmed) teach an object part, and
-the classifier then flags that part's images. Global triggers (blend, CTRL) fit no window.
+the classifier then flags that part's images. Global triggers (blend, SIG, CTRL) fit no window: PoisonCAM
+then passes the residuals of a whole-image eraser instead (``eraser``), which hold the trigger together with
+the fine detail of the images they came from.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sslguard.data.transforms import to_float
+from sslguard.erasers import add_residuals, residuals
 from sslguard.models.backbones import create_backbone
 from sslguard.utils.dist import broadcast_module
 
@@ -67,10 +70,16 @@ def train_poison_classifier(
     epochs: int = 4,
     batch_size: int = 128,
     seed: int = 0,
+    eraser: str | None = None,
 ) -> PoisonClassifier:
     """Train :class:`PoisonClassifier`: positives = clean images + a random patch of ``patches`` at a
     random place; negatives = the clean images as they are, and with a random window of another clean
     image pasted (a shortcut guard: without them a net may learn "any pasted square").
+
+    With ``eraser`` (a global trigger, :mod:`sslguard.erasers`), ``patches`` are whole-image residuals: a
+    positive is a clean image plus one of them, and the shortcut guard adds the residual of another clean
+    image (what the eraser takes from any image: fine detail), so the net learns what the trigger's
+    residuals share, not "added detail".
     """
     torch.manual_seed(seed)
     clf = PoisonClassifier().to(corpus.device)
@@ -86,11 +95,15 @@ def train_poison_classifier(
             m = len(idx)
             pick = rng.integers(0, len(patches), m)
             pp = [patches[i] for i in pick]
-            pos = paste_many(base, pp, paste_places(rng, pp, side))
-            donors = imgs[rng.integers(0, n, m)]
-            rand_patches = crop_windows(donors, [(x, y, p.shape[2], p.shape[1])
-                                                 for (x, y), p in zip(paste_places(rng, pp, side), pp)])
-            neg_paste = paste_many(base, rand_patches, paste_places(rng, pp, side))
+            if eraser is not None:
+                pos = add_residuals(base, torch.stack(pp).to(base.device))
+                neg_paste = add_residuals(base, residuals(imgs[rng.integers(0, n, m)], eraser))
+            else:  # the draws in this order, as before the erasers
+                pos = paste_many(base, pp, paste_places(rng, pp, side))
+                donors = imgs[rng.integers(0, n, m)]
+                rand_patches = crop_windows(donors, [(x, y, p.shape[2], p.shape[1])
+                                                     for (x, y), p in zip(paste_places(rng, pp, side), pp)])
+                neg_paste = paste_many(base, rand_patches, paste_places(rng, pp, side))
             x = torch.cat([pos, base, neg_paste])
             y = torch.cat([torch.ones(m), torch.zeros(2 * m)]).to(x.device)
             w = torch.cat([torch.full((m,), 2.0), torch.ones(2 * m)]).to(x.device)  # balance the two classes

@@ -67,9 +67,22 @@ def planted_patch_encoder_case(*, target: int = 3, rate: float = 0.5, trigger_si
     Cluster it with :data:`PLANTED_ENCODER_K` clusters (more than its 11 groups; see there).
     ``trigger_path``: an image file as the trigger instead of HTBA's seeded pattern.
     """
+    return _planted_encoder(build_attack("htba", target=target, rate=rate, seed=seed, trigger_size=trigger_size,
+                                         trigger_path=trigger_path), width=width, epochs=epochs, seed=seed)
+
+
+def planted_global_encoder_case(attack: str = "blend", *, target: int = 3, rate: float = 0.5, width: int = 16,
+                                epochs: int = 6, seed: int = 0, **params) -> PlantedEncoderCase:
+    """:func:`planted_patch_encoder_case` with a *global* trigger (``attack``: ``"blend"``, ``"sig"``, ``"ctrl"``,
+    with its keyword ``params``) that the encoder has learned: the case no square window erases."""
+    return _planted_encoder(build_attack(attack, target=target, rate=rate, seed=seed, **params), width=width,
+                            epochs=epochs, seed=seed)
+
+
+def _planted_encoder(attack, *, width: int, epochs: int, seed: int) -> PlantedEncoderCase:
+    """Digits at 32 px poisoned by ``attack``; a convnet4 trained supervised with the poisons as an 11th class."""
     ds = load_digits_dataset("train", seed=seed)
-    pds, manifest = poison_dataset(ds, build_attack("htba", target=target, rate=rate, seed=seed,
-                                                    trigger_size=trigger_size, trigger_path=trigger_path))
+    pds, manifest = poison_dataset(ds, attack)
     truth = manifest.is_poisoned(pds.keys)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

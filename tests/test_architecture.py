@@ -105,7 +105,7 @@ LAYERS = [
     ["utils"],
     ["data", "embed"],
     ["models"],
-    ["train", "cluster", "knn", "cam", "poison_classifier", "backdoor", "metrics", "plausibility", "sanitize"],
+    ["train", "cluster", "knn", "cam", "erasers", "poison_classifier", "backdoor", "metrics", "plausibility", "sanitize"],
     ["detectors"],
     ["config"],
     ["report"],

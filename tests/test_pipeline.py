@@ -176,6 +176,24 @@ def test_fusion_rules():
     assert top.flagged.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_agree_intersects_within_a_stage_and_adds_up_across_stages():
+    """Two SSL detectors that both found evidence: only the images both flag; one that found nothing does not
+    veto the other; a classifier-stage detector hunts another attack, so its flags are added."""
+    from sslguard.detectors.base import DetectionResult
+
+    idx = np.arange(8)
+    pc = DetectionResult("poisoncam", idx, np.zeros(8), [1, 1, 1, 0, 0, 0, 0, 0], 0.5)
+    ps = DetectionResult("patchsearch", idx, np.zeros(8), [1, 1, 0, 1, 0, 0, 0, 0], 0.5)
+    none = DetectionResult("patchsearch", idx, np.zeros(8), [0] * 8, 0.5)
+    ac = DetectionResult("activation_clustering", idx, np.zeros(8), [0, 0, 0, 0, 0, 0, 1, 1], 0.5)
+    stages = {"poisoncam": "ssl", "patchsearch": "ssl", "activation_clustering": "classifier"}
+    assert fuse([pc, ps], flag="agree", groups=stages).flagged.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert fuse([pc, none], flag="agree", groups=stages).flagged.tolist() == pc.flagged.tolist()
+    assert fuse([pc, ps, ac], flag="agree", groups=stages).flagged.tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+    assert fuse([pc, ps], flag="agree").flagged.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]  # no stages: each its own
+    assert fuse([pc, ps], flag="agree", groups=stages, no_vote=["patchsearch"]).flagged.tolist() == pc.flagged.tolist()
+
+
 def test_python_api_accepts_sections_and_reports_errors_by_key(tmp_path):
     cfg = load_detect_config(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml", ["ssl.epochs=2"], name="api", attack=None,
                              extra_attack=None, data={"subset_per_class": 5})
@@ -216,3 +234,26 @@ def test_backdoor_check_without_a_test_split_holds_out_clean_corpus_images(tmp_p
     assert (np.asarray(test.labels) != cfg.attack.target).all()
     out = p.stage_backdoor(data, p.stage_encoder(data))
     assert out["before"] is not None and "held out" in out["before"]["test_images"], out
+    assert 0.0 <= out["before"]["triggered_corpus_bank"] <= 1.0  # the corpus (its poisons too) as the bank
+
+
+def test_backdoor_notice_tells_a_trigger_tied_to_the_poisons_from_one_not_learned(tmp_path):
+    """A BYOL encoder can gather triggered images in a group of their own: with clean references they go
+    nowhere in particular, with the corpus as the bank they land among the poisons. The run must not tell
+    the user that the SSL detectors will miss them (on CIFAR-10 they found them, F1 0.99)."""
+    from sslguard.pipeline import Pipeline
+
+    cfg = load_detect_config(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml", [], name="notice",
+                             output_dir=str(tmp_path))
+    rates = {"triggered": 0.11, "random_patch": 0.07, "clean": 0.06}
+    texts = {}
+    for case, corpus_bank in {"tied": (0.95, 0.30, 0.05), "not": (0.12, 0.08, 0.06), "old": None}.items():
+        p = Pipeline(cfg, quiet=True)
+        before = dict(rates) if corpus_bank is None else {
+            **rates, **dict(zip(("triggered_corpus_bank", "random_patch_corpus_bank", "clean_corpus_bank"), corpus_bank))}
+        p._backdoor_notice({"before": before})
+        texts[case] = p.notices
+    assert texts["tied"][0][0] == "info" and "tied the trigger to the poisons" in texts["tied"][0][1]
+    assert "a patch like it" in texts["tied"][0][1]  # a random patch lands among the poisons too (0.30 vs 0.05)
+    assert texts["not"][0][0] == "warn" and "did NOT learn" in texts["not"][0][1]
+    assert texts["old"] == texts["not"]  # a backdoor.json written before the corpus-bank rates: as before

@@ -27,6 +27,10 @@ def test_share_and_class_rules():
     few = np.zeros(1000, bool)
     few[[0, 150, 350, 550, 750]] = True  # five stray flags in five classes are noise, not a runaway
     assert implausible_flags(few, labels) is None
+    strays = one_class.copy()
+    strays[[0, 1, 150, 151, 550, 551, 750, 751, 950, 951]] = True  # 100 in one class, 10 strays in five others
+    assert implausible_flags(strays, labels) is None  # no class but the target holds 5% of the flags
+    assert "6 of 10" in implausible_flags(strays, labels, min_class_fraction=0.0)
     assert implausible_flags(half, labels, max_share=None, max_class_share=None) is None
     assert implausible_flags(np.zeros(0, bool), None) is None
 

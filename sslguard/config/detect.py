@@ -114,7 +114,7 @@ class FusionConfig:
     """How detector scores are combined and which images are flagged (see sslguard.pipeline)."""
 
     method: str = "rank_mean"  # rank_mean | max_norm
-    flag: str = "any"  # any | majority | all | fused
+    flag: str = "agree"  # any | agree | majority | all | fused (sslguard.pipeline.fusion; why agree: quickstart.yaml)
     fused_quantile: float = 0.95  # with flag=fused: flag images above this quantile of the fused score
     detectors: Optional[list[str]] = None  # detectors that take part; null = every detector that ran
     # A detector whose flags are implausible (sslguard.plausibility) is named in a warning and does not vote:
@@ -127,7 +127,8 @@ class FusionConfig:
 
     def validate(self, key: str = "fusion") -> None:
         check(self.method in ("rank_mean", "max_norm"), f"{key}.method", "choose rank_mean or max_norm")
-        check(self.flag in ("any", "majority", "all", "fused"), f"{key}.flag", "choose any, majority, all or fused")
+        check(self.flag in ("any", "agree", "majority", "all", "fused"), f"{key}.flag",
+              "choose any, agree, majority, all or fused")
         for name in ("max_share", "max_class_share"):
             v = getattr(self, name)
             check(v is None or 0.0 < v <= 1.0, f"{key}.{name}", "must be in (0, 1] or null")

@@ -13,6 +13,7 @@ import torch
 
 from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked_drop, search_windows
 from sslguard.cluster import ClusterResult, kmeans
+from sslguard.erasers import add_residuals, erased_uint8
 from sslguard.poison_classifier import paste_many, paste_places
 from sslguard.utils.dist import map_chunks
 
@@ -156,6 +157,36 @@ class Corpus:
         jobs = [(j, s) for j in range(len(patches)) for s in range(0, len(imgs), self.batch_size)]
         total = len(patches) * len(imgs)
         return sum(self.map(one, jobs)) / max(total, 1)
+
+    @torch.no_grad()
+    def eraser_drop(self, positions: np.ndarray, targets: np.ndarray, eraser: str) -> np.ndarray:
+        """Drop of cluster ``targets``' activation when the whole image is erased by ``eraser``
+        (:func:`sslguard.erasers.erase`): the global analogue of :meth:`cam_and_mask`'s window."""
+        def one(s: int) -> np.ndarray:
+            pos = positions[s:s + self.batch_size]
+            t = torch.as_tensor(targets[s:s + len(pos)], device=self.device)[:, None]
+            imgs = self.images(pos)
+            before = self.model(imgs).gather(1, t)[:, 0]
+            after = self.model(erased_uint8(imgs, eraser)).gather(1, t)[:, 0]
+            return (before - after).cpu().numpy()
+
+        parts = self.map(one, list(range(0, len(positions), self.batch_size)))
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0, np.float64)
+
+    @torch.no_grad()
+    def residual_rate(self, res: list[torch.Tensor], test_pos: np.ndarray, cluster: int) -> float:
+        """Share of (residual, test image) pairs whose sum the cluster model assigns to ``cluster``'s
+        :meth:`group`: :meth:`paste_rate` for what a whole-image eraser took away (no place to draw)."""
+        imgs = self.images(test_pos)
+        into = torch.as_tensor(self.group(cluster), device=self.device)
+
+        def one(job: tuple[int, int]) -> int:
+            j, s = job
+            out = add_residuals(imgs[s:s + self.batch_size], res[j].to(imgs.device))
+            return int(torch.isin(self.model(out).argmax(1), into).sum())
+
+        jobs = [(j, s) for j in range(len(res)) for s in range(0, len(imgs), self.batch_size)]
+        return sum(self.map(one, jobs)) / max(len(res) * len(imgs), 1)
 
     @staticmethod
     def flat_copies(patches: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -14,120 +14,78 @@ This implementation (our own code, following the idea) runs in four steps:
    sliding-window search). A window is erased by inpainting it from its surroundings
    (``fill="context"``, :func:`sslguard.cam.context_fill`), so what was in it leaves no trace and no
    sharp square is pasted in its place. Each probe keeps the window whose erasure lowers its
-   own-cluster activation most.
+   own-cluster activation most, and the drop under each whole-image eraser (``erasers``).
 2. **Confirm** a cluster by the *paste check*: the windows of its ``n_paste_windows`` highest-drop
    probes, pasted at random places onto ``n_paste_test`` non-members, must move at least ``paste_rate``
    of them into the cluster. What was erased is a trigger when it also *brings* images in; a part of a
    clean object (a wing, a stroke of a digit) rarely does. With ``colour_control`` (off by default, see
-   *Limits*), flat copies of the same windows (each filled with its mean colour) must not pull as many:
-   then the encoder groups a colour, not a pattern. Every cluster of at least
-   ``min_cluster_size`` members is checked (``support_z=-inf``): the size of the masking drop alone
-   does not single out the trigger cluster (see *Why the paste check decides* below). A pasted image
-   that lands in the cluster's *twin* counts too (``twin_clusters``; the twin is the cluster whose
-   centroid is the mutual nearest), and above ``group_k`` clusters one that lands in one of its nearest
-   clusters; the test images come from outside that group: see *Split trigger groups* below.
+   *Limits*), flat copies of the same windows (each filled with its mean colour) must not pull as many.
+   **Global triggers**: no window erases a blend, SIG or CTRL trigger, so each cluster also gets the same
+   check with what a whole-image eraser (:mod:`sslguard.erasers`: a low-pass, a chroma low-pass) took from
+   its top probes, *added* to the non-members (the residual), against a control: the residuals of as many
+   random non-members must pull at most half as many (a cluster of fine textures takes in any image whose
+   detail is raised). A cluster passes by its windows or by an eraser. Every cluster of at least
+   ``min_cluster_size`` members is checked
+   (``support_z=-inf``): the size of the masking drop measures how *fragile* a cluster is, not whether
+   it is a trigger cluster (the root cause of this detector's failure on the README's quickstart, where
+   clean clusters lost more under their best window than the trigger cluster did). A pasted image that
+   lands in the cluster's *twin* (the mutual nearest centroid) counts too, and above ``group_k`` clusters
+   one that lands in one of its ``ceil(k / group_k) - 1`` nearest clusters
+   (:func:`~sslguard.detectors.corpus.cluster_groups`): k-means splits a tight trigger group in two above
+   the natural groups (whether it does flips with the CPU's float order: ``benchmarks/twins.md``) and
+   into about p * k pieces at fine k (``benchmarks/fine_k.md``); the test images come from outside the group.
 3. **Mask the corpus** against the confirmed clusters: every image gets Grad-CAM *of its nearest
-   confirmed cluster c** (so poisons outside the confirmed clusters are scored too) and the drop of c*'s
-   activation when that window is masked; the likeliest poisons (the confirmed clusters' members and as
-   many again by drop) whose Grad-CAM window did not already clear the threshold are refined with the
-   exhaustive search. One pass over the corpus, however many clusters were confirmed. Threshold: the same MAD
-   rule on a null sample of ``n_null`` non-members scored the same way (data-driven, no hand-set cut).
-   When no cluster is confirmed there is no evidence that the encoder tied a trigger to a cluster:
-   each image's own-cluster Grad-CAM drop is returned as a ranking, nothing is flagged
-   (``info["evidence"]`` says so), and step 4 does not run.
+   confirmed cluster c** and the drop of c*'s activation when that window is masked; the likeliest
+   poisons (the confirmed clusters' members and as many again by drop) whose Grad-CAM window did not
+   already clear the threshold are refined with the exhaustive search. One pass, however many clusters
+   were confirmed. Threshold: the same MAD rule on a null sample of ``n_null`` non-members scored the
+   same way. When masking a window moves none of the confirmed clusters' members above the threshold and an
+   eraser passed (SIG: a window of its stripes pulls images in, erasing one leaves the rest), the drop is
+   that of the whole image under c*'s eraser instead.
+   When no cluster is confirmed there is no evidence that the encoder tied a trigger to a cluster: each
+   image's own-cluster Grad-CAM drop is returned as a ranking, nothing is flagged (``info["evidence"]``
+   says so), and step 4 does not run.
 4. **Poison classifier** (the paper's last step, which PatchSearch shares; :mod:`sslguard.poison_classifier`):
-   the masked windows of the ``n_top_windows`` members of the confirmed clusters with the largest drop
-   above the threshold are taken as the trigger, a small CNN learns to tell clean images from clean
-   images carrying one of them, and it scores the whole corpus (the scores are its logits; the drops
-   stay in ``evidence["mask_drop"]``).
-   Why: the encoder reacts to the trigger in some poisons only weakly, so their own masking drop stays
-   under the threshold, but the classifier still sees the trigger in their pixels. Flagged: logit above
-   the valley of the corpus' logits (Otsu), and never below the MAD bound of held-out clean images
-   (which keeps a unimodal, poison-free logit distribution from being cut in half).
+   the masked windows (or eraser residuals) of the ``n_top_windows`` members of the confirmed clusters
+   with the largest drop above the threshold are taken as the trigger, a small CNN learns to tell clean
+   images from clean images carrying one of them, and it scores the whole corpus (the drops stay in
+   ``evidence["mask_drop"]``): the encoder reacts to the trigger in some poisons only weakly, but the
+   classifier still sees it in their pixels. Flagged: logit above the valley of the corpus' logits
+   (Otsu), never below the MAD bound of held-out clean images.
 
-Why the paste check decides (the root cause of this detector's failure on the README's quickstart):
-the masking drop measures how *fragile* a cluster is, not whether it is a trigger cluster. On small
-images a window large enough to cover the trigger also erases a decisive part of a clean object, so
-clean clusters can lose more of their probes under their best window than the trigger cluster does,
-and a masking gate never let the quickstart's trigger cluster reach the paste check. The trigger
-cluster also sits next to its clean twin (triggered zeros beside clean zeros), so a small activation
-drop already changes the cluster. The paste check separated trigger from clean clusters there as on
-every case measured, with a wide margin: it is now the confirmation, for every cluster.
-
-Split trigger groups (the root cause of the failure on the quickstart under AVX2 kernels): above a
-corpus' natural groups, k-means may split one tight trigger group into two halves whose centroids are
-each other's nearest; whether it does flips with the CPU's float order. A pasted trigger then lands in
-either half, so each half alone pulls fewer than half of the pasted images and neither was confirmed,
-although together they pull nearly all; clean clusters' windows pull few images into a cluster or its
-twin. Counting the pair keeps the evidence whole (``benchmarks/twins.md``). At k far above the natural
-groups (``cluster.k: auto`` gives about 100 images per cluster, so k grows with the corpus) a trigger
-group holding a share p of the corpus is cut into about p * k pieces, which pairs do not join: each
-cluster's group then also holds its ``ceil(k / group_k) - 1`` nearest clusters
-(:func:`~sslguard.detectors.corpus.cluster_groups`), about a tenth of the corpus at ``group_k=10``, so a
-trigger group of up to a tenth of the corpus is counted whole (why 10: ``benchmarks/defaults.md``, groups
-at fine k). On the planted case at k=50 twin pairs confirmed one of the four trigger pieces, groups all
-four (``benchmarks/fine_k.md``).
-
-Defaults (the measurements behind each: ``benchmarks/defaults.md#poisoncam``):
-
-- ``window_fraction=0.375``, ``stride_fraction=0.125``: a window of side w on a stride s fully covers
-  any trigger of side <= w - s + 1; a coarser stride left triggers half-covered, a larger window
-  erased clean objects too. Evidence: benchmarks/defaults.md#poisoncam (window and stride).
-- ``fill="context"``: the erased window keeps none of the trigger's colour (a blurred copy did).
-  Evidence: benchmarks/defaults.md#poisoncam (window and stride).
-- ``k=20`` (used when no clusters are passed; the pipeline's ``cluster.k``, see its comment): above the
-  natural groups of a 10-class corpus. Evidence: benchmarks/defaults.md#poisoncam (k).
-- ``z=3.5``: the usual MAD outlier cut (Iglewicz & Hoaglin) for single images.
-  Evidence: benchmarks/defaults.md#poisoncam (z and the confirmation).
-- ``paste_check=True``, ``paste_rate=0.5``, ``support_z=-inf``, ``confirm_z=inf``: a majority of the
-  pasted images must join (the bar ``learned_verdict`` uses for triggered test images), every cluster
-  is checked, the masking z alone confirms nothing. Evidence: benchmarks/defaults.md#poisoncam (z and
-  the confirmation).
-- ``twin_clusters=True``: a split trigger group is confirmed as a pair. Evidence: benchmarks/twins.md.
-- ``n_paste_windows=8``, ``n_paste_test=32``: the paste check's sample. Evidence:
-  benchmarks/defaults.md#poisoncam (z and the confirmation).
-- ``n_probe=32``, ``n_null=256``: stable medians and MADs at an affordable search cost.
-  Evidence: benchmarks/defaults.md#poisoncam (probe and null sample sizes).
-- ``classifier=True`` with the Otsu cut: finds the poisons whose own masking drop stayed under the
-  threshold. Evidence: benchmarks/defaults.md#poisoncam (the poison classifier).
-- ``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4``: PatchSearch's values, so
-  the two detectors differ only in how they find the trigger windows. Evidence:
-  benchmarks/defaults.md#poisoncam (the poison classifier).
+Defaults, each with the measurements that chose it in ``benchmarks/defaults.md#poisoncam``:
+``window_fraction=0.375`` and ``stride_fraction=0.125`` (a window of side w on a stride s fully covers any
+trigger of side <= w - s + 1), ``fill="context"``, ``z=3.5`` (the usual MAD cut, Iglewicz & Hoaglin),
+``paste_rate=0.5`` (a majority of the pasted images must join, the bar the learned check uses),
+``n_paste_windows=8``, ``n_paste_test=32``, ``n_probe=32``, ``n_null=256``, ``twin_clusters=True``
+(``benchmarks/twins.md``), ``group_k=10`` (``benchmarks/fine_k.md``), the classifier with PatchSearch's
+``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4``; ``erasers``: the filters of
+:mod:`sslguard.erasers`, measured in ``benchmarks/generalization.md``.
 
 Limits: the detector finds what the encoder learned. If the encoder did not tie the trigger to a
-cluster (a small trigger, short training, a weak encoder), masking it changes nothing and the scores
-are at chance (a 4-layer ConvNet trained 10 min on 10k CIFAR images did not learn an 8x8 trigger).
-Masking a square window suits patch triggers; global triggers (blend, CTRL's frequency trigger, WaNet)
-cannot be erased by one window, so their poisons look clean to it. A window smaller than the trigger
-erases it only in part: ``window_fraction`` should be at least the trigger's share of the image side.
-The paste check pastes windows at random places: a trigger that only acts at one position, or only
-together with its surroundings, may fail it (HTBA's patch is placed at random, so it passes). Step 4
-inherits the limits of :mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an
-object part and flags the images that show it. The trigger must be a distinct cluster at the chosen
-``k``: when k-means merges the poisons with clean images of their class (k at or below the number of
-natural groups), the cluster's windows are half object parts and its paste rate falls toward 0.5. Every
-cluster gets the paste check (see *Cost* below).
-Twins are pairs: a trigger group split three ways, or split with a half whose nearest centroid is a clean
-cluster, is not joined; and a clean cluster whose twin is a trigger half adds nothing by it (its own
-windows carry no trigger). Above ``group_k`` clusters a group of nearest clusters is only as good as the
-assumption that a trigger group's pieces are each other's nearest clusters; a clean cluster's group is
-larger too, so its object parts have more clusters to pull images into (measured clean paste rates:
-``benchmarks/fine_k.md``).
-
-The colour control (PatchSearch's is on by default) is off here by default: on a clean CIFAR-10 subset
-PatchSearch's windows of blue sky pulled most pasted images into one cluster and their flat copies nearly as
-many, while PoisonCAM's paste check confirmed no cluster there (``benchmarks/clean_corpora.md``); and on
-the quickstart's encoder flat copies of PoisonCAM's trigger windows pulled up to 0.45 under SSE4.1 kernels
-(0.29-0.33 on the others; a coloured square on a black digit is unusual whatever its pattern), too near
-the 0.5 bar to trust on every CPU. Turned on, it also rejects a trigger that is one flat colour (its flat
-copy is itself; ``tests/detectors/test_colour_control.py``).
+cluster (a small trigger, short training, a weak encoder), masking it changes nothing and nothing is
+confirmed. A window smaller than the trigger erases it only in part: ``window_fraction`` should be at
+least the trigger's share of the image side. The paste check pastes windows at random places: a trigger
+that only acts at one position, or only with its surroundings, may fail it. A global trigger in the low
+frequencies (a colour cast, a warp such as WaNet's) survives the erasers; when windows confirm one
+cluster and erasers another, step 3 follows the windows only. A patch trigger larger than the window
+(``window_fraction``) pulls weakly by its windows and may pass by an eraser only (its edges); masking then
+still moves its members, and the window crops teach the classifier part of the trigger (a 16 px logo on
+32 px images: ``benchmarks/generalization.md``). Step 4 inherits the limits of
+:mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an object part and flags
+the images that show it. The trigger must be a distinct cluster at the chosen ``k``; groups are only as
+good as the assumption that a trigger group's pieces are each other's nearest clusters, and a clean
+cluster's group is larger too (measured clean paste rates: ``benchmarks/fine_k.md``). The colour
+control is off here (PatchSearch's is on): PoisonCAM confirmed no cluster on the clean CIFAR-10 subset
+where PatchSearch needed it, and on the quickstart flat copies of the trigger windows came too near the
+bar under some CPUs' kernels (``benchmarks/clean_corpora.md``, ``defaults.md``); turned on, it also
+rejects a trigger that is one flat colour (``tests/detectors/test_colour_control.py``).
 
 Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from
 ``probe_budget``: 640 searches up to 160 clusters, 4 per cluster above), step 2 pastes
-``n_paste_windows x n_paste_test`` images per cluster, step 3 is one Grad-CAM pass over the corpus plus the
-refined candidates, step 4 one pass of the poison classifier. With ``cluster.k: auto`` (k = N / 100) every
-term is at most linear in N, so the cost per image does not grow with the corpus or with k; measured
-times per k: ``benchmarks/fine_k.md``.
+``(1 + len(erasers)) x n_paste_windows x n_paste_test`` images per cluster, step 3 is one Grad-CAM pass
+over the corpus plus the refined candidates, step 4 one pass of the poison classifier. With
+``cluster.k: auto`` (k = N / 100) every term is at most linear in N; times per k: ``benchmarks/fine_k.md``.
 """
 
 from __future__ import annotations
@@ -144,6 +102,7 @@ from sslguard.cam import sliding_boxes, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector, robust_threshold
 from sslguard.detectors.corpus import Corpus, prepare_embeddings_and_clusters
+from sslguard.erasers import ERASERS, residuals
 from sslguard.poison_classifier import classifier_logits, crop_windows, train_poison_classifier
 from sslguard.utils.chunks import iter_rows
 
@@ -182,6 +141,7 @@ class _Probes:
     cluster: np.ndarray
     drop: np.ndarray
     box: np.ndarray
+    eraser_drop: dict  # eraser -> drop of each probe's cluster activation when the whole image is erased
 
 
 @dataclass(frozen=True)
@@ -191,6 +151,8 @@ class _Confirmation:
     med: np.ndarray
     stats: dict
     confirmed: list
+    erasers: dict  # confirmed cluster -> the eraser whose residuals pulled images into it (and passed the control)
+    windows: list  # the clusters confirmed by their windows (the others by an eraser only)
 
 
 @dataclass(frozen=True)
@@ -231,8 +193,9 @@ def probes_per_cluster(k: int, n_probe: int, probe_budget: int, min_probe: int =
     return min(n_probe, max(min_probe, probe_budget // max(1, k)))
 
 
-def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int) -> _Probes:
-    """Step 1: a sample of every cluster's members (``n_probe`` each), each under its best mask (exhaustive search)."""
+def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int, erasers=()) -> _Probes:
+    """Step 1: a sample of every cluster's members (``n_probe`` each), each under its best mask (exhaustive
+    search) and under each whole-image eraser."""
     probe_pos, probe_cluster = [], []
     for c in range(run.clusters.k):
         mem = run.clusters.members(c)
@@ -242,7 +205,8 @@ def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int) -> _Probe
             probe_cluster.append(np.full(len(pick), c))
     probe_pos, probe_cluster = np.concatenate(probe_pos), np.concatenate(probe_cluster)
     probe_drop, probe_box = run.corpus.search(probe_pos, probe_cluster, run.grid, run.fill)
-    return _Probes(probe_pos, probe_cluster, probe_drop, probe_box)
+    eraser_drop = {e: run.corpus.eraser_drop(probe_pos, probe_cluster, e) for e in erasers}
+    return _Probes(probe_pos, probe_cluster, probe_drop, probe_box, eraser_drop)
 
 
 def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, paste_rng: np.random.Generator,
@@ -266,6 +230,29 @@ def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, past
     return rate, run.corpus.paste_rate(run.corpus.flat_copies(patches), test_pos, c, flat_rng)
 
 
+def _confirm_by_residual(run: _Run, probes: _Probes, c: int, mine: np.ndarray, n_paste_windows: int,
+                         n_paste_test: int, paste_rate: float, seed: int) -> tuple[dict, dict]:
+    """Per eraser: share of non-members that the residuals of cluster ``c``'s top probes (what the eraser took
+    from them), added to them, pull into ``c``; and, where that reaches ``paste_rate``, the *control*: the
+    share that the residuals of as many random non-members pull. Each eraser draws on its own random stream
+    (the window checks of the other clusters draw as without erasers)."""
+    mine_pos = np.flatnonzero(mine)
+    others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
+    rates, controls = {}, {}
+    for j, (e, drop) in enumerate(probes.eraser_drop.items()):
+        pick = mine_pos[np.argsort(-drop[mine_pos], kind="stable")[:n_paste_windows]]
+        res = list(residuals(run.corpus.images(probes.pos[pick]), e))
+        rng = np.random.default_rng([seed, 4245, j, c])
+        test_pos = np.sort(rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
+        rates[e] = run.corpus.residual_rate(res, test_pos, c)
+        if rates[e] >= paste_rate:
+            # a cluster of fine textures takes in any image whose detail is raised (on CIFAR-10 clean clusters'
+            # residuals pulled up to 0.42): the cluster's own residuals must pull at least twice as many
+            donors = np.sort(rng.choice(others, size=min(len(res), len(others)), replace=False))
+            controls[e] = run.corpus.residual_rate(list(residuals(run.corpus.images(donors), e)), test_pos, c)
+    return rates, controls
+
+
 def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator, *, confirm_z: float,
                       min_cluster_size: int, paste_check: bool, support_z: float, paste_rate: float,
                       n_paste_windows: int, n_paste_test: int, colour_control: bool = True,
@@ -273,7 +260,7 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
     """Step 2: confirm a cluster by its masking drop above ``confirm_z``, or by the paste check."""
     sizes = run.clusters.sizes
     med = np.full(run.clusters.k, -np.inf)
-    cand_stats, confirmed = {}, []
+    cand_stats, confirmed, erasers, windows = {}, [], {}, []
     for c in range(run.clusters.k):
         mine = probes.cluster == c
         if mine.sum() < 2 or (~mine).sum() < 2:
@@ -295,12 +282,26 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
             cand_stats[c]["paste_into"] = run.corpus.group(c).tolist()
             if flat is not None:
                 cand_stats[c]["flat_paste_rate"] = flat
-            if rate >= paste_rate and (flat is None or flat < paste_rate):
-                confirmed.append(c)
-                cand_stats[c]["confirmed_by"] = "masking+paste"
-            elif flat is not None:
+            window_ok = rate >= paste_rate and (flat is None or flat < paste_rate)
+            if flat is not None and not window_ok and rate >= paste_rate:
                 cand_stats[c]["rejected_by"] = "colour: flat copies of its windows pull as well"
-    return _Confirmation(med, cand_stats, confirmed)
+            # a global trigger (blend, SIG) is carried by what a whole-image eraser removes; a cluster whose
+            # windows pull is confirmed by them, and its eraser kept for step 3 in case masking any one window
+            # moves none of its members (SIG's stripes: a window of them pulls, erasing one leaves the rest)
+            rates, controls = _confirm_by_residual(run, probes, c, mine, n_paste_windows, n_paste_test, paste_rate,
+                                                   seed) if probes.eraser_drop else ({}, {})
+            ok = [e for e in controls if controls[e] <= rates[e] / 2]
+            if rates:
+                cand_stats[c]["residual_rate"] = rates
+                cand_stats[c]["residual_control_rate"] = controls
+            if ok:
+                erasers[c] = max(ok, key=rates.get)
+            if window_ok or ok:
+                confirmed.append(c)
+                if window_ok:
+                    windows.append(c)
+                cand_stats[c]["confirmed_by"] = "masking+paste" if window_ok else f"eraser {erasers[c]}+residual"
+    return _Confirmation(med, cand_stats, confirmed, erasers, windows)
 
 
 def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,
@@ -349,6 +350,38 @@ def _mask_corpus(run: _Run, confirmed: list, rng: np.random.Generator, n_null: i
     return _Masking(drop.astype(np.float64), boxes, target_of, threshold, "confirmed_cluster", refined)
 
 
+def _erase_corpus(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_null: int, z: float) -> _Masking:
+    """Step 3 for clusters confirmed by a whole-image eraser: every image's drop of its nearest such cluster's
+    activation when erased by that cluster's eraser; threshold by the MAD rule on non-members, as for windows.
+    The "window" of every image is the whole image."""
+    confirmed = sorted(conf.erasers)
+    target_of = nearest_confirmed(run.embeddings, run.clusters.centroids, confirmed)
+    drop = np.zeros(run.n, np.float64)
+    for c in confirmed:
+        pos = np.flatnonzero(target_of == c)
+        drop[pos] = run.corpus.eraser_drop(pos, target_of[pos], conf.erasers[c])
+    non = np.flatnonzero(~np.isin(run.assign, confirmed))
+    npos = np.sort(rng.choice(non, size=min(n_null, len(non)), replace=False)) if len(non) else run.all_pos[:1]
+    threshold, _, _ = robust_threshold(drop[npos], z)
+    side = int(run.corpus.images(run.all_pos[:1]).shape[-1])
+    boxes = np.tile(np.array([0, 0, side, side], np.int64), (run.n, 1))
+    return _Masking(drop, boxes, target_of, threshold, "confirmed_cluster_eraser", {})
+
+
+def _mask_or_erase(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_null: int, z: float) -> _Masking:
+    """Step 3: windows for every confirmed cluster, the finer evidence, wherever masking a window moves any
+    of their members above the threshold; else, when an eraser passed, whole-image erasers (the trigger is in
+    no single window: blend, SIG)."""
+    if conf.confirmed:
+        mask = _mask_corpus(run, conf.confirmed, rng, n_null, z)
+        moved = (mask.scores > mask.threshold) & np.isin(run.assign, conf.confirmed)
+        if not conf.erasers or moved.any():
+            return mask
+    elif not conf.erasers:
+        return _mask_corpus(run, [], rng, n_null, z)
+    return _erase_corpus(run, conf, rng, n_null, z)
+
+
 def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: int) -> np.ndarray:
     """The ``n_top_windows`` confirmed-cluster members with the largest drop above the threshold."""
     # candidates from the confirmed clusters' members, whose leaving the cluster under a mask is what
@@ -361,7 +394,7 @@ def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: i
 
 
 def _train_and_cut(run: _Run, mask: _Masking, confirmed: list, top: np.ndarray, rng: np.random.Generator, *,
-                   classifier_images: int, classifier_epochs: int, z: float, seed: int):
+                   classifier_images: int, classifier_epochs: int, z: float, seed: int, erasers: dict):
     """Step 4: train the poison classifier on the top windows, score the corpus, cut its logits.
 
     ``(logits, threshold, cut info)``, or ``None`` when there are no windows or no clean images to train on."""
@@ -369,8 +402,13 @@ def _train_and_cut(run: _Run, mask: _Masking, confirmed: list, top: np.ndarray, 
     if not (len(top) and len(clean_pool)):
         return None
     clean_pos = np.sort(rng.choice(clean_pool, size=min(classifier_images, len(clean_pool)), replace=False))
-    patches = crop_windows(run.corpus.images(top), mask.boxes[top])
-    clf = train_poison_classifier(run.corpus, clean_pos, patches, rng=rng, epochs=classifier_epochs, seed=seed)
+    eraser = erasers.get(int(mask.target_of[top[0]])) if mask.mode == "confirmed_cluster_eraser" else None
+    if eraser is None:
+        patches = crop_windows(run.corpus.images(top), mask.boxes[top])
+    else:  # a global trigger: the classifier learns what the eraser took from the top candidates
+        patches = list(residuals(run.corpus.images(top), eraser))
+    clf = train_poison_classifier(run.corpus, clean_pos, patches, rng=rng, epochs=classifier_epochs, seed=seed,
+                                  eraser=eraser)
     scores = classifier_logits(clf, run.corpus, run.all_pos)
     # the valley of the corpus' logits, but never inside the bulk of held-out clean images
     threshold, classifier_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
@@ -378,16 +416,17 @@ def _train_and_cut(run: _Run, mask: _Masking, confirmed: list, top: np.ndarray, 
     return scores, threshold, classifier_info
 
 
-def _classifier_step(run: _Run, mask: _Masking, confirmed: list, rng: np.random.Generator, timings: dict, *,
+def _classifier_step(run: _Run, mask: _Masking, conf: _Confirmation, rng: np.random.Generator, timings: dict, *,
                      classifier: bool, n_top_windows: int, classifier_images: int, classifier_epochs: int, z: float,
                      seed: int):
     """Step 4 where it applies: ``(scores, threshold, top windows, final stage, classifier info)``."""
+    confirmed = sorted(set(mask.target_of.tolist()) & set(conf.confirmed)) if conf.confirmed else []
     if not (confirmed and classifier):
         return mask.scores, mask.threshold, np.zeros(0, np.int64), "masking", {}
     t = time.perf_counter()
     top = _top_candidates(run, mask, confirmed, n_top_windows)
     out = _train_and_cut(run, mask, confirmed, top, rng, classifier_images=classifier_images,
-                         classifier_epochs=classifier_epochs, z=z, seed=seed)
+                         classifier_epochs=classifier_epochs, z=z, seed=seed, erasers=conf.erasers)
     timings["classifier_s"] = time.perf_counter() - t
     if out is None:
         return mask.scores, mask.threshold, top, "masking", {}
@@ -407,8 +446,11 @@ def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, thr
     timings["total_s"] = time.perf_counter() - t_start
     info: dict[str, Any] = {
         "mode": mask.mode,
-        "evidence": "a confirmed trigger cluster" if confirmed else
-        "none: no cluster's windows pulled other images into it, so nothing is flagged",
+        "evidence": ("a confirmed trigger cluster" + (" (a global trigger: a whole-image eraser's residual pulled "
+                                                      "images into it)" if mask.mode.endswith("eraser") else ""))
+        if confirmed else
+        "none: no cluster's windows or eraser residuals pulled other images into it, so nothing is flagged",
+        "confirmed_erasers": {int(c): e for c, e in conf.erasers.items()},
         "final_stage": final_stage,
         "confirmed_clusters": confirmed,
         "cluster_stats": conf.stats,
@@ -456,6 +498,7 @@ def poisoncam(
     twin_clusters: bool = True,
     group_k: int | None = 10,
     colour_control: bool = False,
+    erasers: tuple | None = ERASERS,
     classifier: bool = True,
     n_top_windows: int = 20,
     classifier_images: int = 2000,
@@ -488,13 +531,13 @@ def poisoncam(
             with the largest drops; step 2).
         support_z, paste_rate, n_paste_windows, n_paste_test: see ``paste_check``. ``paste_rate`` above 1
             records every checked cluster's rate without confirming any (with ``support_z=-inf``: a diagnostic).
-        twin_clusters: count a paste that lands in the cluster's twin (the cluster whose centroid is its
-            mutual nearest) as an arrival, and draw the paste test images from outside both: k-means may split
-            one trigger group in two such halves.
+        twin_clusters: count a paste that lands in the cluster's twin (mutual nearest centroid) as an arrival.
         group_k: above this many clusters a paste into one of the ``ceil(k / group_k) - 1`` nearest clusters
             counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never).
         colour_control: confirm only when flat mean-colour copies of the windows pull under ``paste_rate``
             (``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
+        erasers: whole-image erasers (:mod:`sslguard.erasers`) tried on a cluster whose windows pull too few
+            images: their residuals are added to non-members instead of pasting windows (global triggers).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
@@ -522,7 +565,7 @@ def poisoncam(
     n_probe_c = probes_per_cluster(clusters.k, n_probe, probe_budget)
     try:
         t = time.perf_counter()
-        probes = _probe_clusters(run, rng, n_probe_c)
+        probes = _probe_clusters(run, rng, n_probe_c, tuple(erasers or ()))
         timings["probe_s"] = time.perf_counter() - t
         t = time.perf_counter()
         paste_rng = np.random.default_rng([seed, 4243])  # its own stream: the later steps draw as before
@@ -532,10 +575,10 @@ def poisoncam(
                                  colour_control=colour_control, seed=seed)
         timings["confirm_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        mask = _mask_corpus(run, conf.confirmed, rng, n_null, z)
+        mask = _mask_or_erase(run, conf, rng, n_null, z)
         timings["filter_s"] = time.perf_counter() - t
         scores, threshold, top, final_stage, classifier_info = _classifier_step(
-            run, mask, conf.confirmed, rng, timings, classifier=classifier, n_top_windows=n_top_windows,
+            run, mask, conf, rng, timings, classifier=classifier, n_top_windows=n_top_windows,
             classifier_images=classifier_images, classifier_epochs=classifier_epochs, z=z, seed=seed)
     finally:
         backbone.train(was_training)
@@ -545,7 +588,7 @@ def poisoncam(
               "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "paste_check": paste_check,
               "support_z": support_z if np.isfinite(support_z) else None,
               "paste_rate": paste_rate, "n_paste_windows": n_paste_windows, "n_paste_test": n_paste_test,
-              "twin_clusters": twin_clusters, "colour_control": colour_control, "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
+              "twin_clusters": twin_clusters, "colour_control": colour_control, "erasers": list(erasers or ()), "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
               "classifier_epochs": classifier_epochs,
               "seed": seed, "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, run, conf, mask, scores, threshold, top, final_stage, classifier_info, timings, t_start,

@@ -2,8 +2,16 @@
 
 ``method="rank_mean"`` (default) averages per-detector percentile ranks (scale-free, robust to one
 detector's outliers); ``"max_norm"`` takes the maximum of min-max-normalised scores. ``flag``: ``"any"``
-(the union), ``"majority"``, ``"all"``, or ``"fused"`` (fused score above ``fused_quantile``). Detectors
-with implausible flag sets (:mod:`sslguard.plausibility`) are named in a warning and do not vote.
+(the union), ``"majority"``, ``"all"``, ``"fused"`` (fused score above ``fused_quantile``), or
+``"agree"``: within each stage (SSL, classifier), the images flagged by every voting detector of that stage
+that flagged anything, and across stages the union. PoisonCAM and PatchSearch hunt the same poisons in the
+same encoder and each flags nothing without its own evidence, so an image both flag is a poison, their
+stray flags are each other's noise, and where only one found evidence its flags stand; the two stages hunt
+different attacks (an SSL trigger, a supervised backdoor), so their flags add up. Detectors with
+implausible flag sets (:mod:`sslguard.plausibility`) are named in a warning and do not vote.
+
+Limits of ``"agree"``: when both SSL detectors found evidence but one finds only part of the poisons
+(a trigger group confirmed in part), the fused recall is that part's.
 """
 
 from __future__ import annotations
@@ -36,12 +44,26 @@ def normalised_scores(scores: np.ndarray, method: str) -> np.ndarray:
     return out
 
 
+def _agree(voters: Sequence[Any], groups: dict[str, str] | None, n: int) -> np.ndarray:
+    """``flag="agree"``: per group (stage), the intersection of the voters that flagged anything; the union of
+    the groups. A detector missing from ``groups`` is a group of its own."""
+    by_group: dict[str, list[np.ndarray]] = {}
+    for r in voters:
+        if r.flagged.any():
+            by_group.setdefault((groups or {}).get(r.name, r.name), []).append(np.asarray(r.flagged, bool))
+    out = np.zeros(n, dtype=bool)
+    for flags in by_group.values():
+        out |= np.logical_and.reduce(flags)
+    return out
+
+
 def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", fused_quantile: float = 0.95,
-         no_vote: Sequence[str] = ()):
+         no_vote: Sequence[str] = (), groups: dict[str, str] | None = None):
     """Combine aligned detection results into one :class:`DetectionResult` named ``fused``.
 
     See the module docstring for ``method`` and ``flag``. With one detector the fused flags are that
-    detector's flags (for ``any``/``majority``/``all``). Detectors named in ``no_vote`` (implausible flag
+    detector's flags (for ``any``/``agree``/``majority``/``all``). ``groups`` maps a detector to its stage
+    (``flag="agree"``). Detectors named in ``no_vote`` (implausible flag
     sets, :mod:`sslguard.plausibility`) enter the fused score but not the vote.
     """
     if not results:
@@ -61,11 +83,13 @@ def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", f
         flagged = votes == len(voters) if voters else np.zeros(len(index), dtype=bool)
     elif flag == "majority":
         flagged = votes * 2 > len(voters)
+    elif flag == "agree":
+        flagged = _agree(voters, groups, len(index))
     elif flag == "fused":
         threshold = float(np.quantile(fused, fused_quantile))
         flagged = fused > threshold
     else:
-        raise ValueError(f"fusion.flag: choose any, majority, all or fused, not {flag!r}")
+        raise ValueError(f"fusion.flag: choose any, agree, majority, all or fused, not {flag!r}")
     return DetectionResult("fused", index, fused, flagged, threshold, {"votes": votes},
                            {"method": method, "flag": flag, "detectors": [r.name for r in results],
                             "voters": [r.name for r in voters]})

@@ -11,11 +11,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from sslguard.backdoor import triggered_target_rate
+from sslguard.backdoor import control_patch_size, triggered_target_rate
 from sslguard.cluster import ClusterResult, kmeans, resolve_k
 from sslguard.config import DetectConfig, dump_yaml, to_dict
 from sslguard.data import subset_per_class
-from sslguard.detectors import DetectionResult, detector_spec, get_detector
+from sslguard.detectors import DetectionResult, detector_spec, get_detector, list_detectors
 from sslguard.embed import embed_dataset
 from sslguard.knn import extract_features, knn_accuracy
 from sslguard.metrics import detection_metrics
@@ -304,15 +304,27 @@ class Pipeline:
         """kNN target rate (triggered vs random patch vs clean) and clean kNN accuracy of ``backbone``.
 
         The kNN bank is the *unpoisoned* training set (the same for every encoder compared), so the
-        numbers measure what the encoder learned, not poisoned neighbours in the bank."""
+        numbers measure what the encoder learned, not poisoned neighbours in the bank: what a downstream
+        classifier trained on clean labels would inherit. ``triggered_corpus_bank``,
+        ``random_patch_corpus_bank`` and ``clean_corpus_bank`` are the same rates with the corpus itself as the
+        bank (its poisons included): whether triggered images land among the poisons, i.e. whether the encoder tied the trigger
+        to them, which is what a cluster-based detector needs. A BYOL encoder can gather triggered images
+        in a group of their own, away from every clean image: then only the second pair shows it."""
         cfg = self.cfg
-        bank, test, source = unpoisoned(data.train), data.test, "test split"
+        bank, test, source, corpus_bank = unpoisoned(data.train), data.test, "test split", data.train
         if test is None or not test.has_labels:
             bank, test = held_out_bank(data, cfg.seed)
             source = f"{len(test)} clean corpus images held out of the kNN bank (no labelled test split)"
+            corpus_bank = data.train.subset(np.flatnonzero(np.isin(data.keys, bank.keys)))
         kw = dict(image_size=cfg.data.image_size, batch_size=cfg.embed.batch_size, device=self.device)
-        rates = triggered_target_rate(backbone, bank, test, data.attack, data.attack.target, seed=cfg.seed, **kw)
+        size = control_patch_size(data.attack, cfg.data.image_size)
+        rates = triggered_target_rate(backbone, bank, test, data.attack, data.attack.target, seed=cfg.seed,
+                                      patch_size=size, **kw)
         out = rates.to_dict()
+        tied = triggered_target_rate(backbone, corpus_bank, test, data.attack, data.attack.target, seed=cfg.seed,
+                                     patch_size=size, **kw)
+        out["triggered_corpus_bank"], out["random_patch_corpus_bank"] = tied.triggered, tied.random_patch
+        out["clean_corpus_bank"] = tied.clean
         ftr, ltr, _ = extract_features(backbone, bank, **kw)
         fte, lte, _ = extract_features(backbone, test, **kw)
         out["knn_accuracy"] = knn_accuracy(ftr, ltr, fte, lte)
@@ -334,7 +346,7 @@ class Pipeline:
             try:
                 before: dict[str, Any] | None = self._backdoor_rates(backbone, data)
                 reason = None
-            except ValueError as exc:  # e.g. a global trigger: no patch size for the random-patch control
+            except ValueError as exc:  # e.g. a test split with no image outside the target class
                 before, reason = None, str(exc)
             atomic_write_json(rd.path("backdoor.json"), {"before": before, "unavailable": reason})
 
@@ -349,7 +361,8 @@ class Pipeline:
         if not names:
             raise ValueError("fusion: none of the detectors in fusion.detectors ran")
         no_vote = self._implausible(data, detections, names)
-        fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile, no_vote=no_vote)
+        fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile, no_vote=no_vote,
+                     groups={n: detector_spec(n).stage for n in names if n in list_detectors()})
         fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections])
         truth = data.truth
         files = ["scores.csv", "flagged.txt", "clean_indices.txt"]
@@ -499,7 +512,18 @@ class Pipeline:
         if trig is None or rand is None:
             return
         margin = self.cfg.backdoor_margin
-        if trig - rand < margin:
+        trig_c, rand_c, clean_c = (b.get(f"{k}_corpus_bank") for k in ("triggered", "random_patch", "clean"))
+        tied = None not in (trig_c, rand_c, clean_c) and trig_c - clean_c >= margin
+        if trig - rand < margin and tied:
+            text = (f"the SSL encoder tied the trigger to the poisons: with the corpus as the kNN bank, triggered test "
+                    f"images go to the target class {trig_c:.1%} of the time vs {clean_c:.1%} clean, so SSL-stage "
+                    f"detectors can find them; with clean references only {trig:.1%} do (vs {rand:.1%} with a random "
+                    "patch): the triggered images form a group of their own, which a classifier trained on clean "
+                    "labels may not send to the target.")
+            if rand_c - clean_c >= margin:
+                text += f" A random patch lands among the poisons too ({rand_c:.1%}): it learned 'a patch like it'."
+            self.notice(text, "info")
+        elif trig - rand < margin:
             self.notice(f"the SSL encoder did NOT learn the trigger: triggered test images go to the target class "
                         f"{trig:.1%} of the time vs {rand:.1%} with a random patch. SSL-stage detectors can only "
                         "find what the encoder learned, so expect them to miss these poisons.", "warn")

@@ -230,7 +230,8 @@ def _content(ctx: ReportContext, figs, bd_rows, order_flagged, class_name, summa
         outputs.append(("manifest_extra.csv", "ground truth of the extra attack"))
     outputs += [(f"detectors/{d}.csv", f"{d}: scores and evidence") for d in det_names]
 
-    keep = ("triggered", "random_patch", "clean", "lift", "knn_accuracy", "n_test")
+    keep = ("triggered", "random_patch", "clean", "lift", "triggered_corpus_bank", "random_patch_corpus_bank",
+            "clean_corpus_bank", "knn_accuracy", "n_test")
     bd = {name: {k: row[k] for k in keep if k in row} for name, row in bd_rows.items()}
     return H.ReportContent(
         title=f"sslguard report \u2014 {cfg.name}",

@@ -176,7 +176,9 @@ def render_html(c: ReportContent) -> str:
         parts.append('<p class="muted"><i>triggered</i>: share of triggered test images (not of the target class) '
                      "that a kNN classifier on the encoder\u2019s features assigns to the target class; "
                      "<i>random_patch</i>: the same with a random patch of the same size. A backdoor is learned "
-                     "when the first is clearly above the second.</p>")
+                     "when the first is clearly above the second. The kNN bank is the unpoisoned corpus; the "
+                     "<i>_corpus_bank</i> pair uses the corpus with its poisons: when only that pair differs, "
+                     "the encoder gathered triggered images with the poisons, in a group of their own.</p>")
         for f in c.figures:
             if f.id == "backdoor":
                 parts.append(f"<figure>{img_tag(f.png, f.title)}<figcaption>{esc(f.caption)}</figcaption></figure>")
