@@ -67,8 +67,9 @@ cluster (a small trigger, short training, a weak encoder), masking it changes no
 confirmed. A window smaller than the trigger erases it only in part: ``window_fraction`` should be at
 least the trigger's share of the image side. The paste check pastes windows at random places: a trigger
 that only acts at one position, or only with its surroundings, may fail it. A global trigger in the low
-frequencies (a colour cast, a warp such as WaNet's) survives the erasers; when windows confirm one
-cluster and erasers another, step 3 follows the windows only. A patch trigger larger than the window
+frequencies (a colour cast, a warp such as WaNet's) survives the erasers; step 3 scores the whole corpus
+one way, by windows as soon as masking moves a member of any confirmed cluster, so a global-trigger
+cluster beside a patch-trigger one is scored by windows. A patch trigger larger than the window
 (``window_fraction``) pulls weakly by its windows and may pass by an eraser only (its edges); masking then
 still moves its members, and the window crops teach the classifier part of the trigger (a 16 px logo on
 32 px images: ``benchmarks/generalization.md``). Step 4 inherits the limits of
@@ -152,7 +153,6 @@ class _Confirmation:
     stats: dict
     confirmed: list
     erasers: dict  # confirmed cluster -> the eraser whose residuals pulled images into it (and passed the control)
-    windows: list  # the clusters confirmed by their windows (the others by an eraser only)
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
     """Step 2: confirm a cluster by its masking drop above ``confirm_z``, or by the paste check."""
     sizes = run.clusters.sizes
     med = np.full(run.clusters.k, -np.inf)
-    cand_stats, confirmed, erasers, windows = {}, [], {}, []
+    cand_stats, confirmed, erasers = {}, [], {}
     for c in range(run.clusters.k):
         mine = probes.cluster == c
         if mine.sum() < 2 or (~mine).sum() < 2:
@@ -298,10 +298,8 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
                 erasers[c] = max(ok, key=rates.get)
             if window_ok or ok:
                 confirmed.append(c)
-                if window_ok:
-                    windows.append(c)
                 cand_stats[c]["confirmed_by"] = "masking+paste" if window_ok else f"eraser {erasers[c]}+residual"
-    return _Confirmation(med, cand_stats, confirmed, erasers, windows)
+    return _Confirmation(med, cand_stats, confirmed, erasers)
 
 
 def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,
@@ -372,13 +370,10 @@ def _mask_or_erase(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_n
     """Step 3: windows for every confirmed cluster, the finer evidence, wherever masking a window moves any
     of their members above the threshold; else, when an eraser passed, whole-image erasers (the trigger is in
     no single window: blend, SIG)."""
-    if conf.confirmed:
-        mask = _mask_corpus(run, conf.confirmed, rng, n_null, z)
-        moved = (mask.scores > mask.threshold) & np.isin(run.assign, conf.confirmed)
-        if not conf.erasers or moved.any():
-            return mask
-    elif not conf.erasers:
-        return _mask_corpus(run, [], rng, n_null, z)
+    mask = _mask_corpus(run, conf.confirmed, rng, n_null, z)  # nothing confirmed: the screen of every image
+    moved = (mask.scores > mask.threshold) & np.isin(run.assign, conf.confirmed)
+    if not conf.erasers or moved.any():
+        return mask
     return _erase_corpus(run, conf, rng, n_null, z)
 
 
