@@ -139,54 +139,56 @@ class Corpus:
         return drop, boxes, base
 
     @torch.no_grad()
+    def _pull_rate(self, n_items: int, imgs: torch.Tensor, cluster: int, apply) -> float:
+        """Share of (item, test image) pairs that ``apply(j, s, batch)`` (item ``j`` put on the test images from
+        ``s``) brings into ``cluster``'s :meth:`group`, split across the processes by batch."""
+        into = torch.as_tensor(self.group(cluster), device=self.device)
+
+        def one(job: tuple[int, int]) -> int:
+            j, s = job
+            out = apply(j, s, imgs[s:s + self.batch_size])
+            return int(torch.isin(self.model(out).argmax(1), into).sum())
+
+        jobs = [(j, s) for j in range(n_items) for s in range(0, len(imgs), self.batch_size)]
+        return sum(self.map(one, jobs)) / max(n_items * len(imgs), 1)
+
     def paste_rate(self, patches: list[torch.Tensor], test_pos: np.ndarray, cluster: int,
                    rng: np.random.Generator) -> float:
         """Share of (patch, test image) pairs whose pasted copy the cluster model assigns to ``cluster`` (or
         a cluster of its :meth:`group`); the test images should lie outside the group."""
         imgs = self.images(test_pos)
-        into = torch.as_tensor(self.group(cluster), device=self.device)
         # every place is drawn first, in patch order, so the draws do not depend on how the work is split
         places = [paste_places(rng, [p] * len(imgs), imgs.shape[-1]) for p in patches]
+        def paste(j: int, s: int, part: torch.Tensor) -> torch.Tensor:
+            return paste_many(part, [patches[j]] * len(part), places[j][s:s + len(part)])
 
-        def one(job: tuple[int, int]) -> int:
-            j, s = job
-            part = imgs[s:s + self.batch_size]
-            out = paste_many(part, [patches[j]] * len(part), places[j][s:s + len(part)])
-            return int(torch.isin(self.model(out).argmax(1), into).sum())
-
-        jobs = [(j, s) for j in range(len(patches)) for s in range(0, len(imgs), self.batch_size)]
-        total = len(patches) * len(imgs)
-        return sum(self.map(one, jobs)) / max(total, 1)
+        return self._pull_rate(len(patches), imgs, cluster, paste)
 
     @torch.no_grad()
-    def eraser_drop(self, positions: np.ndarray, targets: np.ndarray, eraser: str) -> np.ndarray:
-        """Drop of cluster ``targets``' activation when the whole image is erased by ``eraser``
-        (:func:`sslguard.erasers.erase`): the global analogue of :meth:`cam_and_mask`'s window."""
+    def eraser_drops(self, positions: np.ndarray, targets: np.ndarray, erasers) -> dict[str, np.ndarray]:
+        """Per eraser, the drop of cluster ``targets``' activation when the whole image is erased by it
+        (:func:`sslguard.erasers.erase`): the global analogue of :meth:`cam_and_mask`'s window. Each image is
+        read, and its unerased activation computed, once for all the erasers."""
+        erasers = list(erasers)
+
         def one(s: int) -> np.ndarray:
             pos = positions[s:s + self.batch_size]
             t = torch.as_tensor(targets[s:s + len(pos)], device=self.device)[:, None]
             imgs = self.images(pos)
             before = self.model(imgs).gather(1, t)[:, 0]
-            after = self.model(erased_uint8(imgs, eraser)).gather(1, t)[:, 0]
-            return (before - after).cpu().numpy()
+            return torch.stack([before - self.model(erased_uint8(imgs, e)).gather(1, t)[:, 0]
+                                for e in erasers]).cpu().numpy()
 
         parts = self.map(one, list(range(0, len(positions), self.batch_size)))
-        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0, np.float64)
+        drops = np.concatenate(parts, axis=1).astype(np.float64) if parts else np.zeros((len(erasers), 0))
+        return dict(zip(erasers, drops))
 
-    @torch.no_grad()
     def residual_rate(self, res: list[torch.Tensor], test_pos: np.ndarray, cluster: int) -> float:
         """Share of (residual, test image) pairs whose sum the cluster model assigns to ``cluster``'s
         :meth:`group`: :meth:`paste_rate` for what a whole-image eraser took away (no place to draw)."""
         imgs = self.images(test_pos)
-        into = torch.as_tensor(self.group(cluster), device=self.device)
-
-        def one(job: tuple[int, int]) -> int:
-            j, s = job
-            out = add_residuals(imgs[s:s + self.batch_size], res[j].to(imgs.device))
-            return int(torch.isin(self.model(out).argmax(1), into).sum())
-
-        jobs = [(j, s) for j in range(len(res)) for s in range(0, len(imgs), self.batch_size)]
-        return sum(self.map(one, jobs)) / max(len(res) * len(imgs), 1)
+        return self._pull_rate(len(res), imgs, cluster,
+                               lambda j, s, part: add_residuals(part, res[j].to(part.device)))
 
     @staticmethod
     def flat_copies(patches: list[torch.Tensor]) -> list[torch.Tensor]:

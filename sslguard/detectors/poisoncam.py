@@ -205,7 +205,7 @@ def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int, erasers=(
             probe_cluster.append(np.full(len(pick), c))
     probe_pos, probe_cluster = np.concatenate(probe_pos), np.concatenate(probe_cluster)
     probe_drop, probe_box = run.corpus.search(probe_pos, probe_cluster, run.grid, run.fill)
-    eraser_drop = {e: run.corpus.eraser_drop(probe_pos, probe_cluster, e) for e in erasers}
+    eraser_drop = run.corpus.eraser_drops(probe_pos, probe_cluster, erasers) if erasers else {}
     return _Probes(probe_pos, probe_cluster, probe_drop, probe_box, eraser_drop)
 
 
@@ -357,11 +357,11 @@ def _erase_corpus(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_nu
     drop = np.zeros(run.n, np.float64)
     for c in confirmed:
         pos = np.flatnonzero(target_of == c)
-        drop[pos] = run.corpus.eraser_drop(pos, target_of[pos], conf.erasers[c])
+        drop[pos] = run.corpus.eraser_drops(pos, target_of[pos], [conf.erasers[c]])[conf.erasers[c]]
     non = np.flatnonzero(~np.isin(run.assign, confirmed))
     npos = np.sort(rng.choice(non, size=min(n_null, len(non)), replace=False)) if len(non) else run.all_pos[:1]
     threshold, _, _ = robust_threshold(drop[npos], z)
-    side = int(run.corpus.images(run.all_pos[:1]).shape[-1])
+    side = int(run.grid[:, 0].max() + run.win)  # the grid's last column is flush with the image's side
     boxes = np.tile(np.array([0, 0, side, side], np.int64), (run.n, 1))
     return _Masking(drop, boxes, target_of, threshold, "confirmed_cluster_eraser", {})
 

@@ -15,7 +15,7 @@ from sslguard.backdoor import control_patch_size, triggered_target_rate
 from sslguard.cluster import ClusterResult, kmeans, resolve_k
 from sslguard.config import DetectConfig, dump_yaml, to_dict
 from sslguard.data import subset_per_class
-from sslguard.detectors import DetectionResult, detector_spec, get_detector, list_detectors
+from sslguard.detectors import DetectionResult, detector_spec, get_detector
 from sslguard.embed import embed_dataset
 from sslguard.knn import extract_features, knn_accuracy
 from sslguard.metrics import detection_metrics
@@ -362,7 +362,7 @@ class Pipeline:
             raise ValueError("fusion: none of the detectors in fusion.detectors ran")
         no_vote = self._implausible(data, detections, names)
         fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile, no_vote=no_vote,
-                     groups={n: detector_spec(n).stage for n in names if n in list_detectors()})
+                     groups={n: detector_spec(n).stage for n in names})
         fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections])
         truth = data.truth
         files = ["scores.csv", "flagged.txt", "clean_indices.txt"]
