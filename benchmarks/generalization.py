@@ -13,6 +13,10 @@ as the quickstart fuses them (PoisonCAM and PatchSearch vote, ``any``). The trai
 ``benchmarks/encoders/cpu/<case>.safetensors`` with its recipe and sha256, and a later run loads it instead
 of training (about 15-20 min each on one core).
 
+The Imagenette row is the same recipe on ``../shared``'s Imagenette folder (its 3,925 validation photos at
+64 px, a 16 px grid on half of class 0, k=40); a folder has no labelled test split, so the learned check holds
+clean corpus images out of the kNN bank.
+
 The quickstart row is the README's command with the classifier stage left out, so that its fused flags are
 the SSL stage's (PoisonCAM and PatchSearch, as in every other row); its BadNets poisons (the extra attack,
 for the classifier stage) are left out of the scoring, as the issue's acceptance counts them. The planted row is the detector tests'
@@ -28,9 +32,10 @@ poisons, in a group of their own, which is what a cluster-based detector needs; 
 a random patch lands there too). A cluster-based detector can only find a trigger the encoder learned; on a case where it
 did not, the bar is the clean one (at most 1% of the corpus flagged).
 
-*Half*: ``tuning`` marks the cases the defaults were chosen on (the quickstart, the planted case and the
-12 px grid trigger on class 0 of ``detect.md``); every other case is held out (new triggers, classes, sizes,
-rates, global triggers), and the table shows the two halves separately.
+*Half*: ``tuning`` marks the cases the defaults were chosen on (the quickstart, the planted case, the
+12 px grid trigger on class 0 of ``detect.md``, and the 16 px logo and glyph cases PoisonCAM's larger window
+was designed on); every other case is held out (new triggers, classes, sizes, rates, global triggers, photos),
+and the table shows the two halves separately.
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ CIFAR = ["data.name=cifar10", "data.subset_per_class=1000", "data.image_size=32"
          "ssl.optimizer=sgd", "ssl.min_scale=0.2", "ssl.channels_last=true", "cluster.k=auto", "detectors.classifier=[]",
          "fusion.detectors=[poisoncam, patchsearch]", "detectors.params={}"]
 
+# The same recipe on ../shared's Imagenette folder at 64 px (its val split; the pipeline holds clean corpus
+# images out of the kNN bank for the learned check, as for any folder without a labelled test split).
+IMAGENETTE = ["data.root=" + str(ROOT.parent / "shared" / "data" / "imagenette2-224"), "data.split=val",
+              "data.image_size=64", *[a for a in CIFAR if not a.startswith(("data.", "extra_attack"))],
+              "attack.name=htba", "attack.target=0", "attack.rate=0.5", "attack.params={trigger_size: 16}"]
+
 
 def _patch(kind: str, size: int, rate: float, target: int) -> list[str]:
     params = f"{{trigger_size: {size}" + ("" if kind == "grid" else f", trigger_path: {TRIGGERS / (kind + '.png')}") + "}"
@@ -82,14 +93,19 @@ CASES: dict[str, tuple[str, str, str, list[str]]] = {
     "glyph12_50_t3": ("held-out", "CIFAR-10, glyph 'K' 12 px, 50% of class 3", "quickstart", _patch("glyph", 12, 0.5, 3)),
     "texture16_50_t5": ("held-out", "CIFAR-10, 1 px checker texture 16 px, 50% of class 5", "quickstart",
                         _patch("texture", 16, 0.5, 5)),
-    "logo16_50_t8": ("held-out", "CIFAR-10, smooth gradient logo 16 px, 50% of class 8", "quickstart",
+    # logo16 and glyph16_10 were held out until PoisonCAM's step 2b (a larger window) was designed on them
+    "logo16_50_t8": ("tuning", "CIFAR-10, smooth gradient logo 16 px, 50% of class 8", "quickstart",
                      _patch("logo", 16, 0.5, 8)),
     "grid10_50_t1": ("held-out", "CIFAR-10, grid 10 px, 50% of class 1", "quickstart", _patch("grid", 10, 0.5, 1)),
-    "glyph16_10_t3": ("held-out", "CIFAR-10, glyph 'K' 16 px, 10% of class 3", "quickstart", _patch("glyph", 16, 0.1, 3)),
+    "glyph16_10_t3": ("tuning", "CIFAR-10, glyph 'K' 16 px, 10% of class 3", "quickstart", _patch("glyph", 16, 0.1, 3)),
+    "glyph20_50_t6": ("held-out", "CIFAR-10, glyph 'K' 20 px, 50% of class 6 (added after step 2b was designed)",
+                      "quickstart", _patch("glyph", 20, 0.5, 6)),
     "blend30_50_t0": ("held-out", "CIFAR-10, blend (noise, alpha 0.3), 50% of class 0", "quickstart",
                       _global("blend", "{alpha: 0.3}", 0.5, 0)),
     "sig40_50_t0": ("held-out", "CIFAR-10, SIG (delta 40, 6 periods), 50% of class 0", "quickstart",
                     _global("sig", "{delta: 40.0}", 0.5, 0)),
+    "imagenette_grid16_50_t0": ("held-out", "Imagenette photos at 64 px (3,925, its folder: no labelled test split), "
+                                "grid 16 px, 50% of class 0", "detect_imagefolder", IMAGENETTE),
 }
 
 
@@ -172,8 +188,8 @@ def run_pipeline_case(name: str, work: Path, threads: int) -> dict[str, Any]:
     assign = np.load(res.paths["clusters.npz"])["assignments"]
     summary = res.summary
     learned = _learned(summary.get("backdoor"), cfg.backdoor_margin)
-    if not extra and config == "quickstart" and name != "quickstart":  # a CIFAR case trained its encoder here
-        _keep_encoder(name, Path(res.run_dir) / "encoder.safetensors", args, summary)
+    if not extra and name != "quickstart":  # a CIFAR or Imagenette case trained its encoder here
+        _keep_encoder(name, Path(res.run_dir) / "encoder.safetensors", config, args, summary)
     notices = [n["text"] for n in summary.get("notices", []) if n.get("level") == "warn"]
     return {"n": int(keep.sum()), "poisons": int(truth.sum()), "k": int(summary["detectors"]["poisoncam"]["info"]
                                                                           .get("params", {}).get("k", len(np.unique(assign)))),
@@ -183,13 +199,13 @@ def run_pipeline_case(name: str, work: Path, threads: int) -> dict[str, Any]:
             "command": f"sslguard detect --config {config} " + " ".join([*args, *extra])}
 
 
-def _keep_encoder(name: str, path: Path, args: list[str], summary: dict[str, Any]) -> None:
+def _keep_encoder(name: str, path: Path, config: str, args: list[str], summary: dict[str, Any]) -> None:
     """Commit-ready copy of a case's trained encoder, with its recipe and sha256 (a rerun loads it)."""
     ENCODERS.mkdir(parents=True, exist_ok=True)
     dst = ENCODERS / f"{name}.safetensors"
     shutil.copyfile(path, dst)
     meta = {"case": name, "sha256": _sha256(dst), "bytes": dst.stat().st_size,
-            "recipe": ("sslguard detect --config quickstart " + " ".join(args)).replace(str(ROOT) + "/", ""),
+            "recipe": (f"sslguard detect --config {config} " + " ".join(args)).replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../"),
             "train_seconds": summary.get("stage_seconds", {}).get("encoder"), "date": time.strftime("%Y-%m-%d")}
     (ENCODERS / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -269,7 +285,7 @@ def markdown(rows: list[dict[str, Any]], argv: list[str]) -> str:
     if notes.exists():  # what the numbers show, written by hand after a run (kept across reruns)
         lines += ["", notes.read_text().rstrip()]
     lines += ["", "## Runs", ""]
-    lines += [f"- {r['case']}: `{r['command'].replace(str(ROOT) + '/', '')}`" + (" (encoder loaded)" if r.get("encoder_given") else "")
+    lines += [f"- {r['case']}: `{r['command'].replace(str(ROOT) + '/', '').replace(str(ROOT.parent) + '/', '../')}`" + (" (encoder loaded)" if r.get("encoder_given") else "")
               for r in rows] + [""]
     return "\n".join(lines)
 
@@ -294,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in a.rows_from:
         for row in json.loads(f.read_text()):
             if row["case"] not in {r["case"] for r in rows}:
+                if row["case"] in CASES:  # the half is the case's, as defined now (a case moves to tuning once used)
+                    row.update(half=CASES[row["case"]][0], what=CASES[row["case"]][1])
                 rows.append(row)
     order = list(CASES)
     rows.sort(key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))

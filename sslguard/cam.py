@@ -312,6 +312,34 @@ def sliding_boxes(image_size: tuple[int, int], window: int, stride: int) -> np.n
     return np.asarray([(x, y, window, window) for y in ys for x in xs], dtype=np.int64)
 
 
+def window_consistency(crops: Sequence[torch.Tensor], max_shift: int) -> float:
+    """How much a set of equal-sized crops (each (C, h, w)) look like copies of one pattern: for each crop, its
+    best Pearson correlation (all channels) with any other crop over relative shifts of up to ``max_shift``
+    pixels each way (a trigger found on a grid of stride s sits at an offset below s in each window); the
+    median over crops. Near 1 when most crops have a copy among the others, so a few crops that missed the
+    pattern do not count; a flat crop correlates with nothing (-1). ``nan`` for fewer than two crops.
+
+    Written here because what is needed is a best-shift correlation over the overlap of a few small crops,
+    which no library call gives in one step (``torch.nn.functional.conv2d`` gives raw products)."""
+    if len(crops) < 2:
+        return float("nan")
+    x = torch.stack([c.float().cpu() for c in crops])
+    n, (h, w) = len(x), x.shape[-2:]
+    i, j = torch.triu_indices(n, n, 1)
+    xi, xj, best = x[i], x[j], torch.full((len(i),), -1.0)
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            if abs(dy) >= h or abs(dx) >= w:
+                continue
+            a = xi[..., max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)].flatten(1)
+            b = xj[..., max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)].flatten(1)
+            a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+            den = ((a * a).sum(1) * (b * b).sum(1)).sqrt()
+            r = torch.where(den > 0, (a * b).sum(1) / den.clamp_min(1e-12), torch.full_like(den, -1.0))
+            best = torch.maximum(best, r)
+    pair = torch.full((n, n), -1.0)
+    pair[i, j] = pair[j, i] = best
+    return float(np.median(pair.max(1).values.numpy()))
 
 
 # ------------------------------------------------------------------- cluster activation under masking
@@ -353,5 +381,5 @@ def search_windows(model: ClusterModel, images_uint8: torch.Tensor, targets: tor
 __all__ = [
     "ClusterModel", "CamResult", "grad_cam", "best_window", "cluster_cam", "window_size", "load_uint8",
     "iter_batches", "blur_fill", "context_fill", "mask_windows", "paste_windows", "sliding_boxes", "masked_drop",
-    "search_windows",
+    "search_windows", "window_consistency",
 ]

@@ -82,3 +82,25 @@ def test_context_fill_erases_a_patch_with_its_surroundings():
     assert torch.equal(ctx[:, :, outside], img[:, :, outside])
     with pytest.raises(ValueError, match="fill"):
         mask_windows(img, box, fill="paint")
+
+
+def test_window_consistency_tells_copies_of_one_pattern_from_different_crops():
+    from sslguard.cam import window_consistency
+
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.randint(0, 256, (3, 12, 12), generator=g, dtype=torch.uint8)
+    copies, others = [], []
+    offsets = [(0, 0), (1, 2), (2, 1), (3, 3), (0, 3), (3, 0), (1, 1), (2, 2)]  # each below the stride (4 px)
+    for y, x in offsets:  # the pattern in a 16 px crop of a quieter background
+        crop = torch.randint(96, 160, (3, 16, 16), generator=g, dtype=torch.uint8)
+        crop[:, y:y + 12, x:x + 12] = pattern
+        copies.append(crop)
+        others.append(torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8))
+    assert window_consistency(copies, max_shift=4) > 0.9
+    assert window_consistency(copies, max_shift=0) < 0.5  # the shift search is what aligns them
+    assert window_consistency(others, max_shift=4) < 0.3
+    assert window_consistency(copies[:6] + others[:2], max_shift=4) > 0.9  # two crops that missed it do not count
+    assert window_consistency(copies[:2] + others[:6], max_shift=4) < 0.3  # one pair of copies is not a pattern
+    flat = [torch.full((3, 16, 16), 7, dtype=torch.uint8)] * 2
+    assert window_consistency(flat, max_shift=4) == -1.0  # a flat crop correlates with nothing
+    assert np.isnan(window_consistency(copies[:1], max_shift=4))

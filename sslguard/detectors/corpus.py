@@ -15,9 +15,11 @@ from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked
 from sslguard.cluster import ClusterResult, kmeans
 from sslguard.erasers import add_residuals, erased_uint8
 from sslguard.poison_classifier import paste_many, paste_places
+from sslguard.utils.chunks import iter_rows
 from sslguard.utils.dist import map_chunks
 
-__all__ = ["Corpus", "cluster_groups", "group_extra", "mutual_nearest", "prepare_embeddings_and_clusters"]
+__all__ = ["Corpus", "cluster_groups", "group_extra", "mutual_nearest", "nearest_confirmed",
+           "prepare_embeddings_and_clusters"]
 
 
 def _centroid_similarity(centroids: np.ndarray) -> np.ndarray:
@@ -213,3 +215,17 @@ class Corpus:
         for s, (d, b) in zip(starts, self.map(one, starts)):
             drop[s:s + len(d)], boxes[s:s + len(d)] = d, b
         return drop, boxes
+
+
+def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,
+                      block: int = 32_768) -> np.ndarray:
+    """For every row of ``embeddings``, the confirmed cluster whose centroid is most similar (cosine), read
+    in blocks (:func:`~sslguard.utils.chunks.iter_rows`) so a memory-mapped matrix is never loaded whole.
+    A member of a confirmed cluster gets its own."""
+    cent = np.asarray(centroids, np.float64)[confirmed]
+    cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    conf = np.asarray(confirmed, np.int64)
+    out = np.empty(len(embeddings), np.int64)
+    for s, rows in iter_rows(embeddings, block, dtype=np.float64):
+        out[s:s + len(rows)] = conf[np.argmax(rows @ cent.T, axis=1)]
+    return out

@@ -10,87 +10,72 @@ reports 96% trigger-detection accuracy on poisoned ImageNet-100 where PatchSearc
 This implementation (our own code, following the idea) runs in four steps:
 
 1. **Probe every cluster**: ``n_probe`` random members of each cluster (fewer, at least 4, when k clusters
-   would need more than ``probe_budget`` searches) are masked window by window (an exhaustive
-   sliding-window search). A window is erased by inpainting it from its surroundings
-   (``fill="context"``, :func:`sslguard.cam.context_fill`), so what was in it leaves no trace and no
-   sharp square is pasted in its place. Each probe keeps the window whose erasure lowers its
-   own-cluster activation most, and the drop under each whole-image eraser (``erasers``).
-2. **Confirm** a cluster by the *paste check*: the windows of its ``n_paste_windows`` highest-drop
-   probes, pasted at random places onto ``n_paste_test`` non-members, must move at least ``paste_rate``
-   of them into the cluster. What was erased is a trigger when it also *brings* images in; a part of a
-   clean object (a wing, a stroke of a digit) rarely does. With ``colour_control`` (off by default, see
-   *Limits*), flat copies of the same windows (each filled with its mean colour) must not pull as many.
-   **Global triggers**: no window erases a blend, SIG or CTRL trigger, so each cluster also gets the same
-   check with what a whole-image eraser (:mod:`sslguard.erasers`: a low-pass, a chroma low-pass) took from
-   its top probes, *added* to the non-members (the residual), against a control: the residuals of as many
-   random non-members must pull at most half as many (a cluster of fine textures takes in any image whose
-   detail is raised). A cluster passes by its windows or by an eraser. Every cluster of at least
-   ``min_cluster_size`` members is checked
-   (``support_z=-inf``): the size of the masking drop measures how *fragile* a cluster is, not whether
-   it is a trigger cluster (the root cause of this detector's failure on the README's quickstart, where
-   clean clusters lost more under their best window than the trigger cluster did). A pasted image that
-   lands in the cluster's *twin* (the mutual nearest centroid) counts too, and above ``group_k`` clusters
-   one that lands in one of its ``ceil(k / group_k) - 1`` nearest clusters
-   (:func:`~sslguard.detectors.corpus.cluster_groups`): k-means splits a tight trigger group in two above
-   the natural groups (whether it does flips with the CPU's float order: ``benchmarks/twins.md``) and
-   into about p * k pieces at fine k (``benchmarks/fine_k.md``); the test images come from outside the group.
-3. **Mask the corpus** against the confirmed clusters: every image gets Grad-CAM *of its nearest
-   confirmed cluster c** and the drop of c*'s activation when that window is masked; the likeliest
-   poisons (the confirmed clusters' members and as many again by drop) whose Grad-CAM window did not
-   already clear the threshold are refined with the exhaustive search. One pass, however many clusters
-   were confirmed. Threshold: the same MAD rule on a null sample of ``n_null`` non-members scored the
-   same way. When masking a window moves none of the confirmed clusters' members above the threshold and an
-   eraser passed (SIG: a window of its stripes pulls images in, erasing one leaves the rest), the drop is
-   that of the whole image under c*'s eraser instead.
-   When no cluster is confirmed there is no evidence that the encoder tied a trigger to a cluster: each
-   image's own-cluster Grad-CAM drop is returned as a ranking, nothing is flagged (``info["evidence"]``
-   says so), and step 4 does not run.
+   would need more than ``probe_budget`` searches) are masked window by window (an exhaustive search).
+   A window is erased by inpainting it from its surroundings (``fill="context"``,
+   :func:`sslguard.cam.context_fill`). Each probe keeps the window whose erasure lowers its own-cluster
+   activation most, and the drop under each whole-image eraser (``erasers``).
+2. **Confirm** a cluster by the *paste check*: the windows of its ``n_paste_windows`` highest-drop probes,
+   pasted at random places onto ``n_paste_test`` non-members, must move at least ``paste_rate`` of them
+   into the cluster: a trigger also *brings* images in, a part of a clean object rarely does. With
+   ``colour_control`` (off, see *Limits*) flat copies of the windows must not pull as many. **Global
+   triggers**: each cluster also gets the check with what a whole-image eraser (:mod:`sslguard.erasers`)
+   took from its top probes, *added* to the non-members, against a control: the residuals of as many
+   random non-members must pull at most half as many. Every cluster of ``min_cluster_size`` is checked
+   (``support_z=-inf``): the masking drop measures how *fragile* a cluster is, not whether it holds a trigger
+   (on the README's quickstart clean clusters lost more than the trigger cluster). An arrival in the
+   cluster's *twin* (mutual nearest centroid) counts, and above ``group_k`` clusters one in its
+   ``ceil(k / group_k) - 1`` nearest (:func:`~sslguard.detectors.corpus.cluster_groups`): k-means splits a
+   trigger group in two (``benchmarks/twins.md``) and into about p * k pieces at fine k (``fine_k.md``).
+   **2b. A larger window**: while no cluster passed by its windows, the next of ``larger_windows`` (a
+   trigger larger than the window is erased and pasted only in part) on the clusters that pulled most; it
+   carries enough of a clean object to pull too, so a cluster also needs its top windows to be pixel copies
+   of one pattern (:func:`~sslguard.cam.window_consistency` >= ``min_consistency``). Steps 3-4 use it.
+3. **Mask the corpus** against the confirmed clusters: every image gets Grad-CAM of its nearest confirmed
+   cluster c* and the drop of c*'s activation when that window is masked; the likeliest poisons (members,
+   and as many again by drop) whose window did not clear the threshold are refined by the exhaustive
+   search. Threshold: the MAD rule on ``n_null`` non-members scored the same way. When masking moves none
+   of the confirmed clusters' members above it and an eraser passed (SIG), the drop is that of the whole
+   image under c*'s eraser. With no cluster confirmed there is no evidence of a trigger: each image's
+   own-cluster Grad-CAM drop ranks it, nothing is flagged (``info["evidence"]`` says so), step 4 is skipped.
 4. **Poison classifier** (the paper's last step, which PatchSearch shares; :mod:`sslguard.poison_classifier`):
-   the masked windows (or eraser residuals) of the ``n_top_windows`` members of the confirmed clusters
-   with the largest drop above the threshold are taken as the trigger, a small CNN learns to tell clean
-   images from clean images carrying one of them, and it scores the whole corpus (the drops stay in
-   ``evidence["mask_drop"]``): the encoder reacts to the trigger in some poisons only weakly, but the
-   classifier still sees it in their pixels. Flagged: logit above the valley of the corpus' logits
-   (Otsu), never below the MAD bound of held-out clean images.
+   the masked windows (or eraser residuals) of the ``n_top_windows`` confirmed-cluster members with the
+   largest drop above the threshold are the trigger; a small CNN learns to tell clean images from clean
+   images carrying one, and scores the corpus (the drops stay in ``evidence["mask_drop"]``). Flagged:
+   logit above the valley of the corpus' logits (Otsu), never below the MAD bound of held-out clean images.
 
-Defaults, each with the measurements that chose it in ``benchmarks/defaults.md#poisoncam``:
+Defaults, with the measurements that chose them in ``benchmarks/defaults.md#poisoncam``:
 ``window_fraction=0.375`` and ``stride_fraction=0.125`` (a window of side w on a stride s fully covers any
 trigger of side <= w - s + 1), ``fill="context"``, ``z=3.5`` (the usual MAD cut, Iglewicz & Hoaglin),
-``paste_rate=0.5`` (a majority of the pasted images must join, the bar the learned check uses),
-``n_paste_windows=8``, ``n_paste_test=32``, ``n_probe=32``, ``n_null=256``, ``twin_clusters=True``
-(``benchmarks/twins.md``), ``group_k=10`` (``benchmarks/fine_k.md``), the classifier with PatchSearch's
-``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4``; ``erasers``: the filters of
-:mod:`sslguard.erasers`, measured in ``benchmarks/generalization.md``.
+``paste_rate=0.5`` (a majority must join, the learned check's bar), ``n_paste_windows=8``,
+``n_paste_test=32``, ``n_probe=32``, ``n_null=256``, ``twin_clusters=True``, ``group_k=10``, the classifier
+with PatchSearch's ``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4``; ``erasers``,
+``larger_windows=(0.5,)`` and ``min_consistency=0.99``: ``benchmarks/generalization.md``.
 
-Limits: the detector finds what the encoder learned. If the encoder did not tie the trigger to a
-cluster (a small trigger, short training, a weak encoder), masking it changes nothing and nothing is
-confirmed. A window smaller than the trigger erases it only in part: ``window_fraction`` should be at
-least the trigger's share of the image side. The paste check pastes windows at random places: a trigger
-that only acts at one position, or only with its surroundings, may fail it. A global trigger in the low
-frequencies (a colour cast, a warp such as WaNet's) survives the erasers; step 3 scores the whole corpus
-one way, by windows as soon as masking moves a member of any confirmed cluster, so a global-trigger
-cluster beside a patch-trigger one is scored by windows. A patch trigger larger than the window
-(``window_fraction``) pulls weakly by its windows and may pass by an eraser only (its edges); masking then
-still moves its members, and the window crops teach the classifier part of the trigger (a 16 px logo on
-32 px images: ``benchmarks/generalization.md``). Step 4 inherits the limits of
-:mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an object part and flags
-the images that show it. The trigger must be a distinct cluster at the chosen ``k``; groups are only as
-good as the assumption that a trigger group's pieces are each other's nearest clusters, and a clean
-cluster's group is larger too (measured clean paste rates: ``benchmarks/fine_k.md``). The colour
-control is off here (PatchSearch's is on): PoisonCAM confirmed no cluster on the clean CIFAR-10 subset
-where PatchSearch needed it, and on the quickstart flat copies of the trigger windows came too near the
-bar under some CPUs' kernels (``benchmarks/clean_corpora.md``, ``defaults.md``); turned on, it also
-rejects a trigger that is one flat colour (``tests/detectors/test_colour_control.py``).
+Limits: the detector finds what the encoder learned: a trigger not tied to a cluster (small, short training,
+a weak encoder) changes nothing when masked, and nothing is confirmed. A trigger larger than the largest
+window is erased only in part. Step 2b asks for pixel copies (clean digit strokes reach 0.98): poisons
+recompressed or resized after the trigger was pasted, or a trigger much smaller than the larger window on
+busy backgrounds, fall under the bar there. Windows are pasted at random places: a trigger that acts at
+one position only, or only with its surroundings, may fail. A global trigger in the low frequencies (a
+colour cast, a warp such as WaNet's) survives the erasers; step 3 scores the corpus one way, by windows as
+soon as masking moves a member of any confirmed cluster. Step 4 inherits the limits of
+:mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an object part and flags the
+images that show it. The trigger must be a distinct cluster at the chosen ``k`` (groups assume a trigger
+group's pieces are each other's nearest clusters: ``fine_k.md``). The colour control is off (PatchSearch's
+is on): PoisonCAM confirmed no cluster on the clean CIFAR-10 subset where PatchSearch needed it, and on the
+quickstart flat copies of the trigger windows came near the bar under some CPUs' kernels
+(``benchmarks/clean_corpora.md``); it also rejects a one-colour trigger (``test_colour_control.py``).
 
-Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from
-``probe_budget``: 640 searches up to 160 clusters, 4 per cluster above), step 2 pastes
-``(1 + len(erasers)) x n_paste_windows x n_paste_test`` images per cluster, step 3 is one Grad-CAM pass
-over the corpus plus the refined candidates, step 4 one pass of the poison classifier. With
-``cluster.k: auto`` (k = N / 100) every term is at most linear in N; times per k: ``benchmarks/fine_k.md``.
+Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from ``probe_budget``:
+640 searches up to 160 clusters, 4 per cluster above), step 2 pastes ``(1 + len(erasers)) x
+n_paste_windows x n_paste_test`` images per cluster, step 2b (only when no window passed) repeats step 1
+per larger window, step 3 is one Grad-CAM pass plus the refined candidates, step 4 one pass of the poison
+classifier. With ``cluster.k: auto`` (k = N / 100) every term is at most linear in N (``fine_k.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -99,13 +84,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslguard.cam import sliding_boxes, window_size
+from sslguard.cam import sliding_boxes, window_consistency, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector, robust_threshold
-from sslguard.detectors.corpus import Corpus, prepare_embeddings_and_clusters
+from sslguard.detectors.corpus import Corpus, nearest_confirmed, prepare_embeddings_and_clusters
 from sslguard.erasers import ERASERS, residuals
 from sslguard.poison_classifier import classifier_logits, crop_windows, train_poison_classifier
-from sslguard.utils.chunks import iter_rows
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +156,7 @@ def _check_paste_args(paste_rate: float, n_paste_windows: int, n_paste_test: int
     if paste_rate < 0:
         raise ValueError(f"poisoncam: paste_rate must be >= 0, got {paste_rate}")
     if n_paste_windows < 1 or n_paste_test < 1:
-        raise ValueError(f"poisoncam: n_paste_windows and n_paste_test must be >= 1, got {n_paste_windows}, "
-                         f"{n_paste_test}")
+        raise ValueError(f"poisoncam: n_paste_windows and n_paste_test must be >= 1: {n_paste_windows}, {n_paste_test}")
 
 
 def _make_run(backbone, dataset, embeddings, clusters, *, window_fraction, stride_fraction, fill, batch_size,
@@ -193,11 +176,11 @@ def probes_per_cluster(k: int, n_probe: int, probe_budget: int, min_probe: int =
     return min(n_probe, max(min_probe, probe_budget // max(1, k)))
 
 
-def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int, erasers=()) -> _Probes:
-    """Step 1: a sample of every cluster's members (``n_probe`` each), each under its best mask (exhaustive
-    search) and under each whole-image eraser."""
+def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int, erasers=(), only=None) -> _Probes:
+    """Step 1: a sample of every cluster's members (``n_probe`` each; of the clusters ``only``, when given), each
+    under its best mask (exhaustive search) and under each whole-image eraser."""
     probe_pos, probe_cluster = [], []
-    for c in range(run.clusters.k):
+    for c in (range(run.clusters.k) if only is None else only):
         mem = run.clusters.members(c)
         if len(mem):
             pick = np.sort(rng.choice(mem, size=min(n_probe, len(mem)), replace=False))
@@ -302,18 +285,48 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
     return _Confirmation(med, cand_stats, confirmed, erasers)
 
 
-def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,
-                      block: int = 32_768) -> np.ndarray:
-    """For every row of ``embeddings``, the confirmed cluster whose centroid is most similar (cosine), read
-    in blocks (:func:`~sslguard.utils.chunks.iter_rows`) so a memory-mapped matrix is never loaded whole.
-    A member of a confirmed cluster gets its own."""
-    cent = np.asarray(centroids, np.float64)[confirmed]
-    cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-    conf = np.asarray(confirmed, np.int64)
-    out = np.empty(len(embeddings), np.int64)
-    for s, rows in iter_rows(embeddings, block, dtype=np.float64):
-        out[s:s + len(rows)] = conf[np.argmax(rows @ cent.T, axis=1)]
-    return out
+def _grow_window(run: _Run, conf: _Confirmation, n_probe: int, probe_budget: int, *, fractions: tuple,
+                 stride_fraction: float, min_consistency: float, paste_rate: float,
+                 n_paste_windows: int, n_paste_test: int, colour_control: bool,
+                 seed: int) -> tuple[_Run, _Confirmation]:
+    """Step 2b: while no cluster passed by its windows, the next larger window of ``fractions``: the
+    ``probe_budget // n_probe`` clusters whose windows pulled most in step 2 (a trigger larger than the window
+    still pulls in part) are probed again with ``n_probe`` members each, and confirmed when their top windows are
+    copies of one pattern (:func:`~sslguard.cam.window_consistency` at least ``min_consistency``) and pass the
+    paste check. Returns the run at the window used from here on and the confirmation with any new clusters."""
+    side = int(run.grid[:, 0].max() + run.win)  # the grid's last column is flush with the image's side
+    checked = [c for c in conf.stats if "paste_rate" in conf.stats[c]]
+    cands = sorted(sorted(checked, key=lambda c: -conf.stats[c]["paste_rate"])[:max(1, probe_budget // n_probe)])
+    fractions = fractions if cands else ()  # no paste check ran (``paste_check=False``)
+    for j, frac in enumerate(fractions):
+        if any(str(conf.stats[c].get("confirmed_by", "")).startswith("masking") for c in conf.confirmed):
+            break
+        win, stride = window_size(side, frac), max(1, window_size(side, stride_fraction))
+        if win <= run.win or win > side:
+            continue
+        big = dataclasses.replace(run, win=win, grid=sliding_boxes((side, side), win, stride))
+        probes = _probe_clusters(big, np.random.default_rng([seed, 4246, j]), n_probe, only=cands)  # own streams
+        paste_rng, found = np.random.default_rng([seed, 4247, j]), []
+        for c in cands:
+            mine = np.flatnonzero(probes.cluster == c)
+            if len(mine) < 2:
+                continue
+            pick = mine[np.argsort(-probes.drop[mine], kind="stable")[:n_paste_windows]]
+            # a larger window carries enough of a clean object to pull; a trigger is the same pixels in every poison
+            cons = window_consistency(crop_windows(run.corpus.images(probes.pos[pick]), probes.box[pick]), stride)
+            rec = conf.stats.setdefault(c, {}).setdefault("larger_window", {})
+            rec[win] = {"consistency": cons}
+            if not cons >= min_consistency:
+                continue
+            rate, flat = _confirm_by_paste(big, probes, c, probes.cluster == c, paste_rng, n_paste_windows,
+                                           n_paste_test, paste_rate, colour_control, seed)
+            rec[win].update(paste_rate=rate, flat_paste_rate=flat)
+            if rate >= paste_rate and (flat is None or flat < paste_rate):
+                found.append(c)
+                conf.stats[c]["confirmed_by"] = f"masking+paste ({win} px window)"
+        if found:
+            return big, _Confirmation(conf.med, conf.stats, sorted(set(conf.confirmed) | set(found)), conf.erasers)
+    return run, conf
 
 
 def _mask_corpus(run: _Run, confirmed: list, rng: np.random.Generator, n_null: int, z: float) -> _Masking:
@@ -379,9 +392,8 @@ def _mask_or_erase(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_n
 
 def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: int) -> np.ndarray:
     """The ``n_top_windows`` confirmed-cluster members with the largest drop above the threshold."""
-    # candidates from the confirmed clusters' members, whose leaving the cluster under a mask is what
-    # confirmed it; a non-member's drop of c* is weaker evidence (on the CIFAR encoder 2 of the top 20
-    # over all images were clean non-members, 0 of the top 20 members)
+    # the confirmed clusters' members: a non-member's drop of c* is weaker evidence (on the CIFAR
+    # encoder 2 of the top 20 over all images were clean non-members, 0 of the top 20 members)
     above = np.flatnonzero(mask.scores > mask.threshold)
     in_conf = above[np.isin(run.assign[above], confirmed)]
     above = in_conf if len(in_conf) else above
@@ -433,6 +445,7 @@ def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, thr
             classifier_info, timings, t_start, params) -> DetectionResult:
     """The flags, the run's record and the :class:`DetectionResult`."""
     confirmed, n = conf.confirmed, run.n
+    larger = any("px window" in str(conf.stats[c].get("confirmed_by", "")) for c in confirmed)
     # No confirmed cluster means no evidence that the encoder tied a trigger to a cluster: the screen's
     # scores still rank the images, but cutting their tail would only remove the corpus' oddest clean
     # images (on two encoders that had not learned their trigger it removed 6.7% and 10% of the corpus
@@ -442,7 +455,8 @@ def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, thr
     info: dict[str, Any] = {
         "mode": mask.mode,
         "evidence": ("a confirmed trigger cluster" + (" (a global trigger: a whole-image eraser's residual pulled "
-                                                      "images into it)" if mask.mode.endswith("eraser") else ""))
+                                                      "images into it)" if mask.mode.endswith("eraser") else "")
+                     + (f" (by {run.win} px windows: the trigger is larger than the default)" if larger else ""))
         if confirmed else
         "none: no cluster's windows or eraser residuals pulled other images into it, so nothing is flagged",
         "confirmed_erasers": {int(c): e for c, e in conf.erasers.items()},
@@ -494,6 +508,8 @@ def poisoncam(
     group_k: int | None = 10,
     colour_control: bool = False,
     erasers: tuple | None = ERASERS,
+    larger_windows: tuple | None = (0.5,),
+    min_consistency: float = 0.99,
     classifier: bool = True,
     n_top_windows: int = 20,
     classifier_images: int = 2000,
@@ -520,31 +536,24 @@ def poisoncam(
         n_null: images outside the confirmed clusters forming the null sample of the threshold.
         min_cluster_size: smaller clusters are never confirmed (a median of one image is no evidence).
         z: robust z of the MAD rule that flags single images (the masking threshold of step 3).
-        paste_check: confirm a cluster (whose *median* probe drop reaches robust z ``support_z`` against the
-            other clusters' probes; default: every cluster) when pasting its probes' masked windows onto ``n_paste_test``
-            non-members moves at least ``paste_rate`` of them into it (the ``n_paste_windows`` probes
-            with the largest drops; step 2).
-        support_z, paste_rate, n_paste_windows, n_paste_test: see ``paste_check``. ``paste_rate`` above 1
-            records every checked cluster's rate without confirming any (with ``support_z=-inf``: a diagnostic).
+        paste_check, support_z, paste_rate, n_paste_windows, n_paste_test: step 2 (for clusters whose median
+            probe drop reaches robust z ``support_z``; default: all). ``paste_rate`` above 1 records every rate
+            and confirms nothing (a diagnostic).
         twin_clusters: count a paste that lands in the cluster's twin (mutual nearest centroid) as an arrival.
         group_k: above this many clusters a paste into one of the ``ceil(k / group_k) - 1`` nearest clusters
             counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never).
         colour_control: confirm only when flat mean-colour copies of the windows pull under ``paste_rate``
             (``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
-        erasers: whole-image erasers (:mod:`sslguard.erasers`) tried on a cluster whose windows pull too few
-            images: their residuals are added to non-members instead of pasting windows (global triggers).
+        larger_windows, min_consistency: step 2b's window fractions, tried in turn, and consistency bar.
+        erasers: whole-image erasers (:mod:`sslguard.erasers`) whose residuals step 2 adds (global triggers).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
-        classifier: end with the poison classifier (step 4) when a cluster was confirmed; ``False`` returns
-            the masking drops of step 3 as the scores.
-        n_top_windows: the masked windows of this many top-scored candidates are the classifier's triggers.
-        classifier_images: clean images (outside the confirmed clusters, under the threshold) it trains on.
-        classifier_epochs: passes over them.
+        classifier: end with step 4 (``False``: step 3's drops are the scores); ``n_top_windows``: windows it
+            learns as triggers; ``classifier_images``: clean images it trains on; ``classifier_epochs``.
         image_size: resize images to this side (``None``: as stored).
         device: where the encoder runs (the accelerator's device when ``accelerator`` is given).
-        accelerator: with several processes, every process runs this function and the per-image work
-            (masking, paste tests, the classifier's scoring) is split across them by batch; each gets the
-            same result as one process (:class:`~sslguard.detectors.corpus.Corpus`).
+        accelerator: with several processes each runs this function and the per-image work is split by
+            batch; each gets one process's result (:class:`~sslguard.detectors.corpus.Corpus`).
     """
     _check_paste_args(paste_rate, n_paste_windows, n_paste_test)
     t_start = time.perf_counter()
@@ -564,10 +573,12 @@ def poisoncam(
         timings["probe_s"] = time.perf_counter() - t
         t = time.perf_counter()
         paste_rng = np.random.default_rng([seed, 4243])  # its own stream: the later steps draw as before
+        paste = dict(paste_rate=paste_rate, n_paste_windows=n_paste_windows, n_paste_test=n_paste_test,
+                     colour_control=colour_control, seed=seed)
         conf = _confirm_clusters(run, probes, paste_rng, confirm_z=confirm_z, min_cluster_size=min_cluster_size,
-                                 paste_check=paste_check, support_z=support_z, paste_rate=paste_rate,
-                                 n_paste_windows=n_paste_windows, n_paste_test=n_paste_test,
-                                 colour_control=colour_control, seed=seed)
+                                 paste_check=paste_check, support_z=support_z, **paste)
+        run, conf = _grow_window(run, conf, n_probe, probe_budget, fractions=tuple(larger_windows or ()),
+                                 stride_fraction=stride_fraction, min_consistency=min_consistency, **paste)
         timings["confirm_s"] = time.perf_counter() - t
         t = time.perf_counter()
         mask = _mask_or_erase(run, conf, rng, n_null, z)
@@ -577,14 +588,13 @@ def poisoncam(
             classifier_images=classifier_images, classifier_epochs=classifier_epochs, z=z, seed=seed)
     finally:
         backbone.train(was_training)
-    params = {"k": clusters.k, "window_fraction": window_fraction, "stride_fraction": stride_fraction,
-              "fill": fill, "n_probe": n_probe, "probe_budget": probe_budget,
-              "n_probe_per_cluster": n_probe_c, "group_k": group_k, "n_null": n_null, "min_cluster_size": min_cluster_size, "z": z,
-              "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "paste_check": paste_check,
-              "support_z": support_z if np.isfinite(support_z) else None,
-              "paste_rate": paste_rate, "n_paste_windows": n_paste_windows, "n_paste_test": n_paste_test,
-              "twin_clusters": twin_clusters, "colour_control": colour_control, "erasers": list(erasers or ()), "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
-              "classifier_epochs": classifier_epochs,
-              "seed": seed, "batch_size": batch_size, "image_size": image_size}
+    params = {"k": clusters.k, "window_fraction": window_fraction, "stride_fraction": stride_fraction, "fill": fill,
+              "n_probe": n_probe, "probe_budget": probe_budget, "n_probe_per_cluster": n_probe_c, "group_k": group_k,
+              "n_null": n_null, "min_cluster_size": min_cluster_size, "z": z, **paste, "paste_check": paste_check,
+              "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "twin_clusters": twin_clusters,
+              "support_z": support_z if np.isfinite(support_z) else None, "erasers": list(erasers or ()),
+              "larger_windows": list(larger_windows or ()), "min_consistency": min_consistency,
+              "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
+              "classifier_epochs": classifier_epochs, "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, run, conf, mask, scores, threshold, top, final_stage, classifier_info, timings, t_start,
                    params)

@@ -32,8 +32,10 @@ def test_the_eraser_residual_confirms_the_trigger_cluster_and_no_clean_one(globa
         assert pc.info["confirmed_erasers"][q] == "lowpass", stats[q]
         rate, control = stats[q]["residual_rate"]["lowpass"], stats[q]["residual_control_rate"]["lowpass"]
         assert rate >= 0.5 and control <= rate / 2, stats[q]  # random images' residuals pull far fewer
-        if name == "blend":  # no window of a blended noise pulls images in; a window of SIG's stripes may
-            assert stats[q]["confirmed_by"] == "eraser lowpass+residual" and stats[q]["paste_rate"] < 0.5
+        if name == "blend":  # no 12 px window of a blended noise pulls images in; a window of SIG's stripes may,
+            # and so may a 16 px one of the noise (fixed in place, a copy in every poison: step 2b), on top of the eraser
+            assert stats[q]["paste_rate"] < 0.5, stats[q]
+            assert stats[q]["confirmed_by"] in ("eraser lowpass+residual", "masking+paste (16 px window)"), stats[q]
     clean = [q for q in stats if q not in trig]
     assert max(max(stats[q]["residual_rate"].values()) for q in clean) < 0.2
 

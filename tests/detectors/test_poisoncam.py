@@ -205,7 +205,7 @@ def test_a_trigger_group_split_over_two_clusters_is_confirmed_as_a_pair(case):
 
 def test_nearest_confirmed_gives_members_their_own_cluster_in_any_block_size(case):
     """Step 3 masks each image against its nearest confirmed cluster (one pass however many were confirmed)."""
-    from sslguard.detectors.poisoncam import nearest_confirmed
+    from sslguard.detectors.corpus import nearest_confirmed
 
     _, emb, clusters = case
     confirmed = [0, 3, 7]
