@@ -49,7 +49,7 @@ trigger of side <= w - s + 1), ``fill="context"``, ``z=3.5`` (the usual MAD cut,
 ``paste_rate=0.5`` (a majority must join, the learned check's bar), ``n_paste_windows=8``,
 ``n_paste_test=32``, ``n_probe=32``, ``n_null=256``, ``twin_clusters=True``, ``group_k=10``, the classifier
 with PatchSearch's ``n_top_windows=20``, ``classifier_images=2000``, ``classifier_epochs=4``; ``erasers``,
-``larger_windows=(0.5,)`` and ``min_consistency=0.99``: ``benchmarks/generalization.md``.
+``larger_windows=(0.5,)``, ``min_consistency=0.99`` (there: *Whole-image erasers*, *A larger window*).
 
 Limits: the detector finds what the encoder learned: a trigger not tied to a cluster (small, short training,
 a weak encoder) changes nothing when masked, and nothing is confirmed. A trigger larger than the largest
