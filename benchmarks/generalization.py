@@ -100,6 +100,8 @@ CASES: dict[str, tuple[str, str, str, list[str]]] = {
     "glyph16_10_t3": ("tuning", "CIFAR-10, glyph 'K' 16 px, 10% of class 3", "quickstart", _patch("glyph", 16, 0.1, 3)),
     "glyph20_50_t6": ("held-out", "CIFAR-10, glyph 'K' 20 px, 50% of class 6 (added after step 2b was designed)",
                       "quickstart", _patch("glyph", 20, 0.5, 6)),
+    "logo16_50_t2": ("held-out", "CIFAR-10, smooth gradient logo 16 px, 50% of class 2 (added after step 2b was designed)",
+                     "quickstart", _patch("logo", 16, 0.5, 2)),
     "blend30_50_t0": ("held-out", "CIFAR-10, blend (noise, alpha 0.3), 50% of class 0", "quickstart",
                       _global("blend", "{alpha: 0.3}", 0.5, 0)),
     "sig40_50_t0": ("held-out", "CIFAR-10, SIG (delta 40, 6 periods), 50% of class 0", "quickstart",
