@@ -126,8 +126,22 @@ def triggered_target_rate(
     ``max_test`` caps the number of test images (a seeded sample). ``image_size``, ``mean`` and
     ``std`` must match the encoder's training (see its ``encoder_meta``).
     """
+    return triggered_target_rates(backbone, {"bank": train_ds}, test_ds, attack, target, k=k, t=t,
+                                  patch_size=patch_size, image_size=image_size, batch_size=batch_size,
+                                  max_test=max_test, seed=seed, device=device, mean=mean, std=std)["bank"]
+
+
+@torch.no_grad()
+def triggered_target_rates(backbone: torch.nn.Module, banks: dict[str, IndexedDataset], test_ds: IndexedDataset,
+                           attack, target: int | None = None, k: int = 200, t: float = 0.1,
+                           patch_size: int | tuple[int, int] | None = None, image_size: int | None = None,
+                           batch_size: int = 256, max_test: int | None = None, seed: int = 0,
+                           device: str | torch.device | None = None, mean=DEFAULT_MEAN,
+                           std=DEFAULT_STD) -> dict[str, BackdoorRates]:
+    """:func:`triggered_target_rate` against several kNN ``banks`` (name -> labeled dataset): the clean,
+    triggered and random-patch test images are built and embedded once, each bank once."""
     target = int(attack.target) if target is None else int(target)
-    if not train_ds.has_labels or not test_ds.has_labels:
+    if not all(b.has_labels for b in banks.values()) or not test_ds.has_labels:
         raise ValueError("triggered_target_rate needs labeled train and test datasets")
     rng = np.random.default_rng([seed, 7])
     pos = np.flatnonzero(test_ds.labels != target)
@@ -145,12 +159,15 @@ def triggered_target_rate(
     patched = [random_patch(img, size, patch_rng) for img in clean]
     labels, keys = test_ds.labels[pos], test_ds.keys[pos]
     kw = dict(batch_size=batch_size, image_size=image_size, device=device, mean=mean, std=std)
-    bank, bank_labels, _ = extract_features(backbone, train_ds, **kw)
-    n_cls = int(max(bank_labels.max(), target)) + 1
-    rates = {}
-    for name, arrays in (("clean", clean), ("triggered", triggered), ("random_patch", patched)):
-        feats, _, _ = extract_features(backbone, _Images(arrays, labels, keys), **kw)
-        pred = knn_predict(bank, bank_labels, feats, k=k, t=t, num_classes=n_cls)
-        rates[name] = float((pred == target).float().mean())
-    return BackdoorRates(triggered=rates["triggered"], random_patch=rates["random_patch"], clean=rates["clean"],
-                         n_test=len(pos), target=int(target), k=int(min(k, len(bank))), patch_size=size)
+    feats = {name: extract_features(backbone, _Images(arrays, labels, keys), **kw)[0]
+             for name, arrays in (("clean", clean), ("triggered", triggered), ("random_patch", patched))}
+    out = {}
+    for bank_name, train_ds in banks.items():
+        bank, bank_labels, _ = extract_features(backbone, train_ds, **kw)
+        n_cls = int(max(bank_labels.max(), target)) + 1
+        rates = {name: float((knn_predict(bank, bank_labels, f, k=k, t=t, num_classes=n_cls) == target).float().mean())
+                 for name, f in feats.items()}
+        out[bank_name] = BackdoorRates(triggered=rates["triggered"], random_patch=rates["random_patch"],
+                                       clean=rates["clean"], n_test=len(pos), target=int(target),
+                                       k=int(min(k, len(bank))), patch_size=size)
+    return out

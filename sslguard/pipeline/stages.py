@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from sslguard.backdoor import control_patch_size, triggered_target_rate
+from sslguard.backdoor import control_patch_size, triggered_target_rates
 from sslguard.cluster import ClusterResult, kmeans, resolve_k
 from sslguard.config import DetectConfig, dump_yaml, to_dict
 from sslguard.data import subset_per_class
@@ -318,11 +318,9 @@ class Pipeline:
             corpus_bank = data.train.subset(np.flatnonzero(np.isin(data.keys, bank.keys)))
         kw = dict(image_size=cfg.data.image_size, batch_size=cfg.embed.batch_size, device=self.device)
         size = control_patch_size(data.attack, cfg.data.image_size)
-        rates = triggered_target_rate(backbone, bank, test, data.attack, data.attack.target, seed=cfg.seed,
-                                      patch_size=size, **kw)
-        out = rates.to_dict()
-        tied = triggered_target_rate(backbone, corpus_bank, test, data.attack, data.attack.target, seed=cfg.seed,
-                                     patch_size=size, **kw)
+        both = triggered_target_rates(backbone, {"clean": bank, "corpus": corpus_bank}, test, data.attack,
+                                      data.attack.target, seed=cfg.seed, patch_size=size, **kw)
+        out, tied = both["clean"].to_dict(), both["corpus"]
         out["triggered_corpus_bank"], out["random_patch_corpus_bank"] = tied.triggered, tied.random_patch
         out["clean_corpus_bank"] = tied.clean
         ftr, ltr, _ = extract_features(backbone, bank, **kw)
