@@ -85,10 +85,12 @@ NOTES = """## Reading
   on a grey background) they miss the target rather than flag clean classes; critical layer then flags
   nothing at all, because its per-image cut fires on nearly every image of every class.
 - Fusion: with the class tests the plain `any` union of the four detectors meets the bar on the writers'
-  shift, so `fusion.flag: any` over all four can stay the default; the plausibility vote
-  (`sslguard/plausibility.py`) remains a backstop for shifts the class tests do not absorb. Under the
-  synthetic shifts the union still flagged a clean class in a few runs (summary table), most of them from
-  spectral signatures (one class's budget each time), which added no recall to the union on these cases.
+  shift, and so does the pipeline's default `agree` (two votes, plus activation / heatmap clustering's
+  flags in a class another detector flags; chosen on `benchmarks/classifier_generalization.md`); the
+  plausibility vote (`sslguard/plausibility.py`) remains a backstop for shifts the class tests do not
+  absorb. Under the synthetic shifts the union still flagged a clean class in a few runs (summary table),
+  most of them from spectral signatures (one class's budget each time), which added no recall to the
+  union on these cases; `agree` drops such a lone class.
 - Spectral signatures are unchanged: its class test already compared classes; a budget caps its flags per
   class (1.5 x `expected_rate` of the class), so it never flags a class wholesale, and its recall on the
   MNIST case is bounded by that budget (the target class is about half poisons, the default bound 10%).
@@ -180,9 +182,11 @@ def metric_row(name: str, r, labels, truth) -> list:
 
 
 def fused_results(res: dict, labels):
-    """The fused ``any`` flags of all detectors in ``res``: ``(plain union, as the pipeline votes)``, the latter
-    without the detectors whose flags the pipeline calls implausible (its default ``fusion`` settings)."""
+    """The fused flags of all detectors in ``res``: ``(plain union, any as the pipeline votes, agree as the
+    pipeline votes)``; the pipeline's votes leave out the detectors whose flags it calls implausible (its
+    default ``fusion`` settings), and ``agree`` is its default rule (two votes and the class vote)."""
     from sslguard.config.detect import FusionConfig
+    from sslguard.detectors import detector_spec
     from sslguard.pipeline.fusion import fuse, implausible_detectors
 
     fc = FusionConfig()
@@ -191,17 +195,20 @@ def fused_results(res: dict, labels):
     no_vote = [n for n, _, votes in bad if votes]
     union = fuse([res[n] for n in names], method="rank_mean", flag="any")
     voted = fuse([res[n] for n in names], method="rank_mean", flag="any", no_vote=no_vote)
-    voted.info["not_voting"] = no_vote
-    return union, voted
+    agree = fuse([res[n] for n in names], method="rank_mean", flag="agree", no_vote=no_vote,
+                 groups={n: "classifier" for n in names}, labels=labels,
+                 by_cluster=[n for n in names if detector_spec(n).unit == "cluster"])
+    voted.info["not_voting"] = agree.info["not_voting"] = no_vote
+    return union, voted, agree
 
 
 def fused_rows(res: dict, labels, truth) -> list[list]:
     """Metric rows of :func:`fused_results`."""
-    union, voted = fused_results(res, labels)
-    no_vote = voted.info["not_voting"]
+    union, voted, agree = fused_results(res, labels)
+    no_vote = ", ".join(SHORT[n] for n in voted.info["not_voting"]) or "none"
     out = [metric_row(f"fused any ({'+'.join(SHORT[n] for n in res)})", union, labels, truth)]
-    out.append(metric_row(f"fused any, pipeline vote (not voting: {', '.join(SHORT[n] for n in no_vote) or 'none'})",
-                          voted, labels, truth))
+    out.append(metric_row(f"fused any, pipeline vote (not voting: {no_vote})", voted, labels, truth))
+    out.append(metric_row(f"fused agree, pipeline default (not voting: {no_vote})", agree, labels, truth))
     return out
 
 
@@ -215,12 +222,14 @@ def acceptance(res: dict, labels, truth, target: int) -> str:
     new = res["new"]
     clean = {SHORT[n]: [c for c in classes_of(new[n], labels) if c != target]
              for n in ("activation_clustering", "heatmap_clustering") if n in new}
-    union = fused_results(new, labels)[0]
+    union, _, agree = fused_results(new, labels)
     m = detection_metrics(union.scores, union.flagged, truth)
-    ok = not any(clean.values()) and m["precision"] >= 0.8 and m["recall"] >= 0.9
+    a = detection_metrics(agree.scores, agree.flagged, truth)
+    ok = not any(clean.values()) and min(m["precision"], a["precision"]) >= 0.8 and min(m["recall"], a["recall"]) >= 0.9
     said = "; ".join(f"{k}: {', '.join(map(str, v)) or 'none'}" for k, v in clean.items())
     return (f"Acceptance (new rule): clean classes flagged by {said}; fused any precision {m['precision']:.2f}, "
-            f"recall {m['recall']:.2f} (bar: no clean class, P >= 0.8, R >= 0.9): **{'met' if ok else 'not met'}**.\n")
+            f"recall {m['recall']:.2f}; fused agree (the pipeline's default) precision {a['precision']:.2f}, recall "
+            f"{a['recall']:.2f} (bar: no clean class, P >= 0.8, R >= 0.9): **{'met' if ok else 'not met'}**.\n")
 
 
 def class_rows(res: dict, target: int) -> list[list]:
@@ -318,7 +327,8 @@ def sweep_runs(keep: dict, seed: int) -> tuple[list[list], dict]:
             res = run_detectors(case, fc, features(case.model, ref), ref, ["old", "new"])
             row = [cname, kind]
             for rule in ("old", "new"):
-                for tag, r in zip(("fused any", "fused any, pipeline vote"), fused_results(res[rule], labels)):
+                for tag, r in zip(("fused any", "fused any, pipeline vote", "fused agree, pipeline default"),
+                                  fused_results(res[rule], labels)):
                     t = tally.setdefault((tag, rule), [0, 0, 0, 0])
                     cls = classes_of(r, labels)
                     t[0] += 1
@@ -345,7 +355,8 @@ def sweep_section(keep: dict, seed: int) -> str:
     rows, tally = sweep_runs(keep, seed)
     cols = [f"{SHORT[n]} {r}" for n in DETECTORS for r in (["new"] if n == "spectral" else ["old", "new"])
             if (n, r) in tally]
-    order = [(n, r) for n in (*DETECTORS, "fused any", "fused any, pipeline vote") for r in ("old", "new")
+    order = [(n, r) for n in (*DETECTORS, "fused any", "fused any, pipeline vote", "fused agree, pipeline default")
+             for r in ("old", "new")
              if (n, r) in tally]
     summary = [[f"{n} [{'unchanged' if n == 'spectral' else r}]", *tally[(n, r)]] for n, r in order]
     return ("Trusted images shifted on purpose: blur = Gaussian blur of 1 px, darken = every pixel x 0.6, brighten ="

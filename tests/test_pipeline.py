@@ -194,6 +194,45 @@ def test_agree_intersects_within_a_stage_and_adds_up_across_stages():
     assert fuse([pc, ps], flag="agree", groups=stages, no_vote=["patchsearch"]).flagged.tolist() == pc.flagged.tolist()
 
 
+def test_agree_needs_two_votes_within_a_stage_not_every_detector():
+    """Four classifier-stage detectors: an image two of them flag is kept although a budget-capped detector
+    (flags only part) and one that flags a clean class alone disagree; the lone class is dropped."""
+    from sslguard.detectors.base import DetectionResult
+
+    idx = np.arange(10)
+    poisons = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    ac = DetectionResult("activation_clustering", idx, np.zeros(10), poisons, 0.5)
+    hc = DetectionResult("heatmap_clustering", idx, np.zeros(10), [1, 1, 1, 1, 0, 0, 0, 0, 1, 1], 0.5)  # + a clean class
+    sp = DetectionResult("spectral", idx, np.zeros(10), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0.5)  # its budget: one
+    cl = DetectionResult("critical_layer", idx, np.zeros(10), [0] * 10, 0.5)  # found nothing: no vote
+    stages = {r.name: "classifier" for r in (ac, hc, sp, cl)}
+    assert fuse([ac, hc, sp, cl], flag="agree", groups=stages).flagged.tolist() == poisons
+    assert fuse([hc, cl], flag="agree", groups=stages).flagged.tolist() == hc.flagged.tolist()  # the lone voter
+    assert fuse([ac, hc, sp, cl], flag="agree", groups=stages, no_vote=["activation_clustering"]).flagged.tolist() \
+        == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # HC and SP agree on one image only
+
+
+def test_agree_class_vote_keeps_a_whole_poison_cluster_where_another_detector_confirms_the_class():
+    """Activation clustering flags the whole poison cluster of class 0; spectral signatures (a budget) and
+    critical layer (a cut) flag parts of it: the class vote keeps the whole cluster; the same detector's
+    cluster in class 1, which no other detector flags, is dropped; an image-level detector gets no class vote."""
+    from sslguard.detectors.base import DetectionResult
+
+    idx = np.arange(12)
+    labels = np.array([0] * 6 + [1] * 6)
+    ac = DetectionResult("activation_clustering", idx, np.zeros(12), [1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1], 0.5)
+    sp = DetectionResult("spectral", idx, np.zeros(12), [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0.5)
+    cl = DetectionResult("critical_layer", idx, np.zeros(12), [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0.5)
+    stages = {r.name: "classifier" for r in (ac, sp, cl)}
+    kw = dict(flag="agree", groups=stages, labels=labels)
+    assert fuse([ac, sp, cl], by_cluster=["activation_clustering"], **kw).flagged.tolist() == \
+        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert fuse([ac, sp, cl], **kw).flagged.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # two votes alone
+    assert fuse([ac, sp, cl], by_cluster=["spectral"], **kw).flagged.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    unlabelled = fuse([ac, sp, cl], flag="agree", groups=stages, by_cluster=["activation_clustering"])
+    assert unlabelled.flagged.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # no labels: no class vote
+
+
 def test_python_api_accepts_sections_and_reports_errors_by_key(tmp_path):
     cfg = load_detect_config(ROOT / "sslguard" / "configs" / "detect" / "quickstart.yaml", ["ssl.epochs=2"], name="api", attack=None,
                              extra_attack=None, data={"subset_per_class": 5})

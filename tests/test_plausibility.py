@@ -67,3 +67,24 @@ def test_the_run_warns_first_and_keeps_the_corpus(tmp_path):
     assert not r.fused.flagged.any() and r.fused.info["voters"] == ["density"]
     html = r.report_path.read_text()
     assert html.index("implausible flags from spectral") < html.index("images flagged")
+
+
+def test_uncorroborated_flags_names_a_detector_whose_flags_no_other_shares():
+    from sslguard.plausibility import uncorroborated_flags
+
+    n = 200
+    poisons = np.zeros(n, bool)
+    poisons[:20] = True
+    clean_class = np.zeros(n, bool)
+    clean_class[100:140] = True  # a clean class's cluster, picked by one detector only
+    flags = {"activation_clustering": clean_class, "heatmap_clustering": poisons,
+             "critical_layer": poisons.copy()}
+    groups = {k: "classifier" for k in flags}
+    out = uncorroborated_flags(flags, groups)
+    assert list(out) == ["activation_clustering"] and "0% of its 40 flags" in out["activation_clustering"]
+    flags["activation_clustering"] = poisons | clean_class & (np.arange(n) < 110)  # 20 of 30 shared: fine
+    assert uncorroborated_flags(flags, groups) == {}
+    assert uncorroborated_flags({"activation_clustering": clean_class}, {"activation_clustering": "classifier"}) == {}
+    assert uncorroborated_flags(flags, None) == {}  # no stages: nothing to compare
+    few = {"a": np.arange(n) >= 195, "b": poisons}  # a: 5 flags, under min_flagged, never named
+    assert list(uncorroborated_flags(few, {"a": "s", "b": "s"})) == ["b"]

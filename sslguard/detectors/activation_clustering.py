@@ -416,7 +416,7 @@ def _reduce_fit(x: np.ndarray, method: str, n_components: int, seed: int):
     return z / sd, lambda r: pca.transform(np.asarray(r, dtype=np.float64)) / sd
 
 
-@register_detector("activation_clustering", stage="classifier")
+@register_detector("activation_clustering", stage="classifier", unit="cluster")
 def activation_clustering(
     model,
     dataset,

@@ -97,6 +97,10 @@ class DetectorSpec:
     fn: Callable[..., Any]
     stage: str
     needs: tuple[str, ...]
+    # "cluster": flags one cluster of a class as a whole, chosen against trusted images (activation and
+    # heatmap clustering); "image": decides image by image (a cut, a budget, a poison classifier). The
+    # fused "agree" rule lets a cluster detector's flags stand in a class another detector also flags.
+    unit: str = "image"
 
     def missing(self, available: dict[str, Any] | set[str], params: dict[str, Any] | None = None) -> list[str]:
         """The needed arguments that neither ``available`` nor ``params`` provide."""
@@ -111,13 +115,16 @@ class DetectorSpec:
         return [p for p in inspect.signature(self.fn).parameters if p not in fixed]
 
 
-def register_detector(name: str, stage: str):
+def register_detector(name: str, stage: str, unit: str = "image"):
     """Register a detector function under ``name`` for ``stage`` (``@register_detector("poisoncam",
-    stage="ssl")``); what it needs is read from its required parameters."""
+    stage="ssl")``); what it needs is read from its required parameters. ``unit``: what one flagging
+    decision covers, ``"image"`` or ``"cluster"`` (:class:`DetectorSpec`)."""
     import inspect
 
     if stage not in STAGE_INPUTS:
         raise ValueError(f"stage must be one of {sorted(STAGE_INPUTS)}, got {stage!r}")
+    if unit not in ("image", "cluster"):
+        raise ValueError(f"unit must be 'image' or 'cluster', got {unit!r}")
 
     def deco(obj):
         if name in DETECTORS:
@@ -125,7 +132,7 @@ def register_detector(name: str, stage: str):
         sig = inspect.signature(obj)
         needs = tuple(p for p, v in sig.parameters.items() if v.default is v.empty
                       and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY))
-        DETECTORS[name] = DetectorSpec(name, obj, stage, needs)
+        DETECTORS[name] = DetectorSpec(name, obj, stage, needs, unit)
         try:
             obj.name = name
         except (AttributeError, TypeError):

@@ -37,6 +37,17 @@ shift touches every class, an all-to-one backdoor one: the other classes' flag r
 Scores are the paper's in every class (rankings and AUROC do not change); ``flagged`` is ``score > tau``
 in the examined classes (``info["examined_classes"]``).
 
+*Calibrated cut* (``calibrate="classes"``, default; also this package's): ``tau`` assumes the benign
+images' statistics describe the corpus' clean images. Under a shifted trusted set every corpus image
+sits lower, the class test still finds the target class (its rate stands out), but inside it the cut
+at ``tau`` also takes many of its clean images (Imagenette with colour-cast trusted images,
+``benchmarks/classifier_generalization.md``). The unexamined classes are the null the class test
+already relies on, so the cut is ``tau`` standard deviations measured on them: their median + ``tau``
+x their robust spread (MAD, taken no smaller than the benign unit), never below ``tau``. With an
+unshifted trusted set their median is near 0 and the paper's cut stands. (Matching the paper's tail
+share instead, a high quantile of their scores, cut recall even unshifted: the clean classes' scores
+are heavier-tailed than the benign images'; ``benchmarks/classifier_generalization_notes.md``.)
+
 ``layers=[...]`` fixes the critical layers instead of step 3 (for example the layer a study with
 ground truth found). ``info`` holds the per-layer gaps and weights, and per class the flag rate, mean
 score, their robust z and whether the class was examined.
@@ -67,6 +78,7 @@ from sslguard.detectors.base import DetectionResult, register_detector
 
 _EPS = 1e-8
 CLASS_TESTS = ("outlier", "none")
+CALIBRATIONS = ("classes", "benign")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -122,6 +134,18 @@ def _class_test(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray, tau
     return mask
 
 
+def _null_cut(scores: np.ndarray, examined: np.ndarray, tau: float) -> float:
+    """The per-image cut: ``tau`` benign standard deviations, measured on the unexamined (clean) classes'
+    scores where those sit higher or spread wider than the benign images' (median + ``tau`` x 1.4826 MAD),
+    never below ``tau``."""
+    null = scores[~examined]
+    if not examined.any() or len(null) < 100:
+        return float(tau)
+    med = float(np.median(null))
+    spread = 1.4826 * float(np.median(np.abs(null - med)))
+    return float(max(tau, med + tau * max(1.0, spread)))
+
+
 def critical_layer_scores(
     suspect: dict[str, np.ndarray],
     suspect_labels: np.ndarray,
@@ -133,13 +157,18 @@ def critical_layer_scores(
     layers: Sequence[str] | None = None,
     class_test: str = "outlier",
     outlier_z: float = 3.0,
+    calibrate: str = "classes",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """``(scores, flagged, weighted_similarity, info)`` from per-layer pooled features (dicts by layer).
 
     ``class_test``: ``"outlier"`` (default) keeps the flags of the classes whose flag rate stands out among
-    the classes' by ``outlier_z`` robust deviations; ``"none"`` keeps every class's (the paper)."""
+    the classes' by ``outlier_z`` robust deviations; ``"none"`` keeps every class's (the paper).
+    ``calibrate``: ``"classes"`` (default) measures the per-image cut on the unexamined classes' scores
+    (module docstring, *calibrated cut*); ``"benign"`` keeps ``tau`` (the paper)."""
     if class_test not in CLASS_TESTS:
         raise ValueError(f"class_test must be one of {CLASS_TESTS}, got {class_test!r}")
+    if calibrate not in CALIBRATIONS:
+        raise ValueError(f"calibrate must be one of {CALIBRATIONS}, got {calibrate!r}")
     names = list(suspect)
     suspect_labels = np.asarray(suspect_labels)
     benign_labels = np.asarray(benign_labels)
@@ -175,13 +204,15 @@ def critical_layer_scores(
         per_class[str(int(c))] = {"benign_mean": float(m), "benign_std": float(sd), "n_benign": int(bi.sum()),
                                   "weights": {names[j]: float(weights[cls_pos[int(c)], j]) for j in crit}}
     examined = _class_test(scores, suspect_labels, classes, tau, class_test, outlier_z, per_class)
-    flagged = (scores > tau) & examined
+    cut = _null_cut(scores, examined, tau) if calibrate == "classes" else float(tau)
+    flagged = (scores > cut) & examined
     for c in classes:
         per_class[str(int(c))]["n_flagged"] = int(flagged[suspect_labels == c].sum())
     info = {"layers": names, "critical_layers": [names[j] for j in crit],
             "gap": {names[j]: gap[:, j].tolist() for j in range(len(names))},
             "layer_gap": {names[j]: float(gap[:, j].max()) for j in range(len(names))},
-            "per_class": per_class, "tau": tau, "class_test": class_test, "outlier_z": outlier_z,
+            "per_class": per_class, "tau": tau, "cut": cut, "calibrate": calibrate, "class_test": class_test,
+            "outlier_z": outlier_z,
             "examined_classes": [int(c) for c in classes if per_class[str(int(c))]["examined"]]}
     return scores, flagged, s_s, info
 
@@ -198,6 +229,7 @@ def critical_layer(
     candidates: Sequence[str] | None = None,
     class_test: str = "outlier",
     outlier_z: float = 3.0,
+    calibrate: str = "classes",
     batch_size: int = 256,
     accelerator=None,
     image_size: int | None = None,
@@ -208,7 +240,8 @@ def critical_layer(
     ``candidates`` are the layers searched (default: every backbone stage and the logits); ``layers``
     fixes the critical layers; ``n_critical`` is how many are kept otherwise. ``class_test="outlier"``
     (default) keeps the flags of the classes whose flag rate and mean score stand out among the classes'
-    by ``outlier_z``; ``"none"`` keeps every class's (the paper). See the module docstring.
+    by ``outlier_z``; ``"none"`` keeps every class's (the paper). ``calibrate="classes"`` (default) moves
+    the per-image cut up to the clean classes' tail; ``"benign"`` keeps ``tau``. See the module docstring.
     """
     from sslguard.models.classifier import layer_features
 
@@ -222,7 +255,8 @@ def critical_layer(
     t1 = time.perf_counter()
     scores, flagged, weighted, info = critical_layer_scores(fs, dataset.labels, fb, benign.labels, tau=tau,
                                                             n_critical=n_critical, layers=layers,
-                                                            class_test=class_test, outlier_z=outlier_z)
+                                                            class_test=class_test, outlier_z=outlier_z,
+                                                            calibrate=calibrate)
     info.update(seconds_features=t1 - t0, seconds_analysis=time.perf_counter() - t1, n_benign=int(len(benign)))
     return DetectionResult("critical_layer", np.asarray(dataset.keys), scores, flagged, float(tau),
                            {"weighted_similarity": weighted, "label": np.asarray(dataset.labels)}, info)

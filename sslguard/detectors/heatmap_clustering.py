@@ -159,7 +159,7 @@ def label_heatmaps(model, dataset, *, rule: str = "epsilon_plus_flat", heatmap_s
     return heatmaps
 
 
-@register_detector("heatmap_clustering", stage="classifier")
+@register_detector("heatmap_clustering", stage="classifier", unit="cluster")
 def heatmap_clustering(
     model,
     dataset,

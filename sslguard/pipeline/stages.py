@@ -26,6 +26,7 @@ from sslguard.pipeline.encoder import train_encoder
 from sslguard.pipeline.fusion import fuse, implausible_detectors, scores_csv
 from sslguard.pipeline.gallery import gallery_items
 from sslguard.pipeline.result import RunResult
+from sslguard.plausibility import uncorroborated_flags
 from sslguard.report.build import ReportContext, write_report
 from sslguard.sanitize import write_clean_manifest
 from sslguard.train.classifier import evaluate_classifier, train_classifier
@@ -360,8 +361,12 @@ class Pipeline:
             raise ValueError("fusion: none of the detectors in fusion.detectors ran")
         no_vote = self._implausible(data, detections, names)
         fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile, no_vote=no_vote,
-                     groups={n: detector_spec(n).stage for n in names})
-        fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections])
+                     groups={n: detector_spec(n).stage for n in names},
+                     labels=np.asarray(data.train.labels) if data.train.has_labels else None,
+                     by_cluster=[n for n in names if detector_spec(n).unit == "cluster"])
+        # the rule's name: runs cached under the every-detector rule are recomputed
+        fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections],
+                                           "agree: two votes, class vote")
         truth = data.truth
         files = ["scores.csv", "flagged.txt", "clean_indices.txt"]
         has_paths = all(data.paths())
@@ -386,6 +391,12 @@ class Pipeline:
             self.notice(text, "warn")
             if votes:
                 out.append(name)
+        groups = {n: detector_spec(n).stage for n in voting if n not in out}
+        lone = uncorroborated_flags({n: detections[n].flagged for n in groups}, groups)
+        for name, why in lone.items():
+            self.notice(f"uncorroborated flags from {name}: {why}"
+                        + ("; fusion.flag agree counts them only where another detector agrees"
+                           if f.flag == "agree" else ""), "warn")
         return out
 
     def stage_retrain(self, data: DataBundle, fused, backdoor: dict[str, Any] | None) -> dict[str, Any] | None:
