@@ -21,12 +21,15 @@ Fusion rules, all from :func:`sslguard.pipeline.fusion.fuse` with the pipeline's
 ``agree`` (the pipeline's default: images at least two of the detectors that flagged anything flag, plus
 activation / heatmap clustering's flags in classes at least two detectors flag; the one's flags when only
 one flagged anything), ``two`` (the two votes without the class vote), ``every`` (images every detector
-that flagged anything flags: ``agree`` before this benchmark). A runaway flag set is one over 2 x the poisons + 1% of the corpus; the matrix counts those
-the plausibility rules did not warn about.
+that flagged anything flags: ``agree`` before this benchmark). A runaway flag set is one over 2 x the
+poisons + 1% of the corpus; the matrix counts those the pipeline's warnings (implausible or
+uncorroborated flags, :mod:`sslguard.plausibility`) did not name.
 
 The corpus' features (penultimate activations, every stage's output, LRP heatmaps) are computed once
 per case and shared by every trusted set and rule; models are kept in ``--work`` (rerun = reload).
-Sizes are set for 2 CPU cores: a convnet4 CIFAR case takes about 2 minutes, a cifar_resnet18 one 15.
+Sizes are set for 2 CPU cores: a convnet4 CIFAR-10 case takes about 1-2 minutes, the cifar_resnet18 one
+about 30 (training 15, features and LRP 13). Rows keep per-image flags and critical-layer scores, so
+``--rows-from`` recomputes the fusion rules and the table without training anything.
 """
 
 from __future__ import annotations
