@@ -391,12 +391,23 @@ class _View:
 
 def prune(model, corpus, data: Data, attack) -> dict:
     """l-infinity pruning with the rule that needs no trigger (the largest fraction within 3 points of clean
-    accuracy), channels ranked on the iid trusted images against the corpus."""
+    accuracy), channels ranked on the iid trusted images against the corpus; and fine-pruning
+    (:mod:`sslguard.repair.fine_pruning`: the same ranking, each fraction fine-tuned on the iid trusted
+    images, the largest whose fine-tuned accuracy stays within 3 points)."""
     from sslguard.repair.linf_pruning import linf_pruning
 
-    r = linf_pruning(model, data.trusted["iid"], val=data.eval, suspect=corpus, attack=attack)
+    from sslguard.repair.fine_pruning import fine_pruning
+
     keys = ("clean_acc_before", "clean_acc_after", "asr_before", "asr_after", "seconds")
-    return {"fraction": r.chosen_fraction, "order": r.info.get("order"), **{k: float(r.info[k]) for k in keys}}
+    out = {}
+    for name, fn in (("linf", linf_pruning), ("fine", fine_pruning)):
+        r = fn(model, data.trusted["iid"], val=data.eval, suspect=corpus, attack=attack)
+        out[name] = {"fraction": r.chosen_fraction, "order": r.info.get("order"),
+                     **{k: float(r.info[k]) for k in keys}}
+        if name == "fine":
+            out[name]["curve"] = [[float(v) for v in t] for t in zip(r.fractions, r.clean_acc_pruned, r.asr_pruned,
+                                                                      r.clean_acc, r.asr)]
+    return out
 
 
 def art_row(model, corpus, penultimate, truth) -> dict:
@@ -491,21 +502,29 @@ def summary(rows: list[dict]) -> tuple[str, dict]:
 
 def extras(rows: list[dict]) -> str:
     out = []
-    pr = [r for r in rows if "prune" in r]
+    pr = [r for r in rows if "prune" in r and "linf" in r["prune"]]
     if pr:
-        out.append("### l-infinity pruning (the stopping rule that needs no trigger)\n\n"
+        out.append("### l-infinity pruning and fine-pruning (stopping rules that need no trigger)\n\n"
                    "Channels of the last stage ranked on the corpus against the iid trusted images (`order` "
-                   "`suspect`); the chosen fraction is the largest whose clean accuracy (held-out images) stays within "
-                   "3 points; ASR is read afterwards. Goal: ASR down >= 80% (relative), clean accuracy within 3 "
-                   "points.\n\n| case | model | fraction pruned | clean acc before -> after | ASR before -> after | "
-                   "ASR drop | goal | seconds |\n|---|---|---|---|---|---|---|---|")
+                   "`suspect`). `linf`: the largest pruned fraction whose clean accuracy (held-out images) stays "
+                   "within 3 points (`sslguard.repair.linf_pruning`). `fine`: each fraction 0.1-0.9 fine-tuned for "
+                   "5 epochs on the iid trusted images, the largest whose fine-tuned clean accuracy stays within 3 "
+                   "points (`sslguard.repair.fine_pruning`). ASR is read afterwards. Goal: ASR down >= 80% "
+                   "(relative), clean accuracy within 3 points.\n\n| case | model | repair | fraction pruned | "
+                   "clean acc before -> after | ASR before -> after | ASR drop | goal | seconds |\n"
+                   "|---|---|---|---|---|---|---|---|---|")
         for r in pr:
-            p = r["prune"]
-            drop = 1 - p["asr_after"] / max(p["asr_before"], 1e-9)
-            ok = drop >= 0.8 and p["clean_acc_before"] - p["clean_acc_after"] <= 0.03
-            out.append(f"| {r['case']} | {r['model']} | {p['fraction']:.3f} | {p['clean_acc_before']:.3f} -> "
-                       f"{p['clean_acc_after']:.3f} | {p['asr_before']:.3f} -> {p['asr_after']:.3f} | {drop:.0%} | "
-                       f"{'met' if ok else 'not met'} | {p['seconds']:.0f} |")
+            for kind in ("linf", "fine"):
+                p = r["prune"][kind]
+                drop = 1 - p["asr_after"] / max(p["asr_before"], 1e-9)
+                ok = drop >= 0.8 and p["clean_acc_before"] - p["clean_acc_after"] <= 0.03 + 1e-9
+                out.append(f"| {r['case']} | {r['model']} | {kind} | {p['fraction']:.3f} | "
+                           f"{p['clean_acc_before']:.3f} -> {p['clean_acc_after']:.3f} | {p['asr_before']:.3f} -> "
+                           f"{p['asr_after']:.3f} | {drop:.0%} | {'met' if ok else 'not met'} | {p['seconds']:.0f} |")
+        out.append("\nFine-pruning curves (fraction: clean acc / ASR after pruning -> after fine-tuning):\n")
+        for r in pr:
+            out.append(f"- {r['case']}: " + "; ".join(f"{f:.1f}: {a:.3f} / {s:.3f} -> {a2:.3f} / {s2:.3f}"
+                                                      for f, a, s, a2, s2 in r["prune"]["fine"]["curve"]))
         out.append("")
     cl = [r for r in rows if r["model"] == "cifar_resnet18" and r["attack"] == "badnets"]
     if cl:

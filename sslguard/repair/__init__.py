@@ -1,5 +1,6 @@
-"""Repairs of a backdoored model, beside detection: clean fine-tuning (Truong et al. 2020) and the
-l-infinity neuron pruning (:mod:`sslguard.repair.linf_pruning`, Xu et al. 2021), and the curves that compare them."""
+"""Repairs of a backdoored model, beside detection: clean fine-tuning (Truong et al. 2020), the
+l-infinity neuron pruning (:mod:`sslguard.repair.linf_pruning`, Xu et al. 2021), fine-pruning with that
+ranking (:mod:`sslguard.repair.fine_pruning`, Liu et al. 2018), and the curves that compare them."""
 
 from sslguard.repair.curves import (
     RepairCurve,
@@ -9,9 +10,10 @@ from sslguard.repair.curves import (
     repair_report_figure,
 )
 from sslguard.repair.finetune import FINETUNE_MODES, FinetuneResult, finetune, select_clean_subset
+from sslguard.repair.fine_pruning import FinePruningResult, fine_pruning
 from sslguard.repair.linf_pruning import PruningResult, linf_pruning
 
 __all__ = [
-    "FINETUNE_MODES", "FinetuneResult", "PruningResult", "RepairCurve", "as_curve", "finetune", "linf_pruning", "plot_repair_curves",
+    "FINETUNE_MODES", "FinePruningResult", "FinetuneResult", "PruningResult", "fine_pruning", "RepairCurve", "as_curve", "finetune", "linf_pruning", "plot_repair_curves",
     "repair_curves_markdown", "repair_report_figure", "select_clean_subset",
 ]

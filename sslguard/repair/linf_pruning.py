@@ -49,7 +49,8 @@ attack) leave a faint tail, and the quantile must lie above one minus the poison
 accuracy (fine-pruning, Liu et al. 2018, studies wider nets). Where the channels the trigger excites
 also carry the target class, pruning them costs that class, and the stopping rule stops before the
 backdoor is gone: on none of the four models of ``benchmarks/classifier_generalization.md`` did it reach
-an 80% ASR drop within 3 points. Only the last stage's output channels
+an 80% ASR drop within 3 points. :mod:`sslguard.repair.fine_pruning` fine-tunes after pruning and
+so can prune further. Only the last stage's output channels
 are candidates (after the residual sum in a ResNet, i.e. a block's output, not its inner
 convolution); pruning is not followed by fine-tuning; ``val`` must be clean and labelled, and the
 chosen point is read off the same ``val`` accuracy the curve reports. The ASR curve needs the
