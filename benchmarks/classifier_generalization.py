@@ -169,12 +169,12 @@ def _per_class(labels, n_per_class: list[int], seed: int) -> list[np.ndarray]:
 
 
 def load_data(name: str, seed: int) -> Data:
+    """The corpus, the held-out evaluation images and the trusted sets of dataset ``name`` (module doc)."""
     if name == "digits":
         from sslguard.data.datasets import load_digits_dataset
 
         train, test = load_digits_dataset("train", seed=seed), load_digits_dataset("test", seed=seed)
         ev, tr = _per_class(test.labels, [18], seed)
-        trusted = test.subset(tr)
         trusted = _array(test.images[tr], test.labels[tr], np.asarray(test.keys)[tr], test.classes)
         evs = _array(test.images[ev], test.labels[ev], np.asarray(test.keys)[ev], test.classes)
         return Data(train, evs, {"iid": trusted, "jpeg": jpeg(trusted)})
@@ -606,7 +606,11 @@ def main(argv=None) -> int:
     for c in [c for c in CASES if c.name in names]:
         if c.data not in cache:
             cache.clear()  # one dataset in memory at a time (cases are ordered by dataset)
-            cache[c.data] = load_data(c.data, args.seed)
+            try:
+                cache[c.data] = load_data(c.data, args.seed)
+            except (FileNotFoundError, OSError) as exc:  # ../shared/data missing: one line, exit code 1
+                print(f"{c.name}: data not found ({exc})", file=sys.stderr)
+                return 1
         row = with_fusion(run_case(c, cache[c.data], work, args.seed))
         rows[c.name] = row
         print(json.dumps({k: row[k] for k in ("case", "clean_acc", "asr", "seconds")}), flush=True)

@@ -62,3 +62,11 @@ def test_the_table_from_saved_rows(tmp_path):
     kept = json.loads(md.with_suffix(".json").read_text())["rows"][0]
     assert "labels" not in kept and "flags" not in kept["trust"]["iid"]  # per-image data stays in the run's file
     assert main(["--cases", "no_such_case"]) == 2
+
+
+def test_missing_data_is_one_line_and_exit_code_1(monkeypatch, tmp_path, capsys):
+    import benchmarks.classifier_generalization as cg
+
+    monkeypatch.setattr(cg, "SHARED", tmp_path)
+    assert main(["--cases", "mnist_badnets_glyph_1"]) == 1
+    assert "mnist_badnets_glyph_1: data not found" in capsys.readouterr().err
