@@ -279,9 +279,8 @@ def fused(row: dict, trust: str) -> tuple[dict, list[str], dict]:
     """Every fusion rule's flags on one trusted set, from the saved per-detector flags, with the pipeline's
     plausibility vote: ``{rule: boolean flags}`` and the detectors that did not vote."""
     from sslguard.config.detect import FusionConfig
-    from sslguard.detectors import detector_spec
     from sslguard.detectors.base import DetectionResult
-    from sslguard.pipeline.fusion import fuse, implausible_detectors
+    from sslguard.pipeline.fusion import fuse, implausible_detectors, stage_roles
 
     n, labels = row["n"], np.asarray(row["labels"])
     res = {}
@@ -293,22 +292,23 @@ def fused(row: dict, trust: str) -> tuple[dict, list[str], dict]:
     no_vote = [m for m, _, votes in implausible_detectors(res, labels, list(res), fc.max_share, fc.max_class_share)
                if votes]
     rs = list(res.values())
+    roles = stage_roles(list(res))
     out = {"any": fuse(rs, flag="any", no_vote=no_vote).flagged,
            # the pipeline's default: every classifier-stage detector is one group (sslguard.detectors registry)
-           "agree": fuse(rs, flag="agree", no_vote=no_vote, groups={m: "classifier" for m in res}, labels=labels,
-                         by_cluster=[m for m in res if detector_spec(m).unit == "cluster"]).flagged}
+           "agree": fuse(rs, flag="agree", no_vote=no_vote, labels=labels, **roles).flagged}
     voters = [r.flagged for r in rs if r.name not in no_vote and r.flagged.any()]
-    out["two"] = fuse(rs, flag="agree", no_vote=no_vote, groups={m: "classifier" for m in res}).flagged
+    out["two"] = fuse(rs, flag="agree", no_vote=no_vote, groups=roles["groups"]).flagged
     out["every"] = np.logical_and.reduce(voters) if voters else np.zeros(n, dtype=bool)  # "agree" before
     return out, no_vote, res
 
 
 def warnings_of(res: dict, labels, no_vote) -> dict[str, str]:
     """The pipeline's warnings per detector: implausible flags, or flags no other detector shares."""
+    from sslguard.pipeline.fusion import stage_roles
     from sslguard.plausibility import implausible_flags, uncorroborated_flags
 
     out = {n: w for n, r in res.items() if (w := implausible_flags(r.flagged, labels))}
-    groups = {n: "classifier" for n in res if n not in no_vote}
+    groups = stage_roles([n for n in res if n not in no_vote])["groups"]
     for n, w in uncorroborated_flags({n: res[n].flagged for n in groups}, groups).items():
         out.setdefault(n, w)
     return out

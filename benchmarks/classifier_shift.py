@@ -186,8 +186,7 @@ def fused_results(res: dict, labels):
     pipeline votes)``; the pipeline's votes leave out the detectors whose flags it calls implausible (its
     default ``fusion`` settings), and ``agree`` is its default rule (two votes and the class vote)."""
     from sslguard.config.detect import FusionConfig
-    from sslguard.detectors import detector_spec
-    from sslguard.pipeline.fusion import fuse, implausible_detectors
+    from sslguard.pipeline.fusion import fuse, implausible_detectors, stage_roles
 
     fc = FusionConfig()
     names = list(res)
@@ -195,9 +194,8 @@ def fused_results(res: dict, labels):
     no_vote = [n for n, _, votes in bad if votes]
     union = fuse([res[n] for n in names], method="rank_mean", flag="any")
     voted = fuse([res[n] for n in names], method="rank_mean", flag="any", no_vote=no_vote)
-    agree = fuse([res[n] for n in names], method="rank_mean", flag="agree", no_vote=no_vote,
-                 groups={n: "classifier" for n in names}, labels=labels,
-                 by_cluster=[n for n in names if detector_spec(n).unit == "cluster"])
+    agree = fuse([res[n] for n in names], method="rank_mean", flag="agree", no_vote=no_vote, labels=labels,
+                 **stage_roles(names))
     voted.info["not_voting"] = agree.info["not_voting"] = no_vote
     return union, voted, agree
 

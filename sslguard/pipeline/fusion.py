@@ -91,6 +91,16 @@ def _agree(voters: Sequence[Any], groups: dict[str, str] | None, n: int, labels:
     return out
 
 
+def stage_roles(names: Sequence[str]) -> dict[str, Any]:
+    """``fuse``'s ``groups`` and ``by_cluster`` for registered detectors ``names``, read from the registry
+    (each detector's stage and unit), so every caller builds ``agree``'s inputs the same way."""
+    from sslguard.detectors import detector_spec
+
+    specs = {n: detector_spec(n) for n in names}
+    return {"groups": {n: s.stage for n, s in specs.items()},
+            "by_cluster": [n for n, s in specs.items() if s.unit == "cluster"]}
+
+
 def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", fused_quantile: float = 0.95,
          no_vote: Sequence[str] = (), groups: dict[str, str] | None = None, labels: np.ndarray | None = None,
          by_cluster: Sequence[str] = ()):

@@ -23,7 +23,7 @@ from sslguard.models.classifier import build_classifier
 from sslguard.models.ssl import load_backbone
 from sslguard.pipeline.data import DataBundle, data_fingerprint, held_out_bank, load_data, unpoisoned
 from sslguard.pipeline.encoder import train_encoder
-from sslguard.pipeline.fusion import fuse, implausible_detectors, scores_csv
+from sslguard.pipeline.fusion import fuse, implausible_detectors, scores_csv, stage_roles
 from sslguard.pipeline.gallery import gallery_items
 from sslguard.pipeline.result import RunResult
 from sslguard.plausibility import uncorroborated_flags
@@ -361,9 +361,7 @@ class Pipeline:
             raise ValueError("fusion: none of the detectors in fusion.detectors ran")
         no_vote = self._implausible(data, detections, names)
         fused = fuse([detections[n] for n in names], f.method, f.flag, f.fused_quantile, no_vote=no_vote,
-                     groups={n: detector_spec(n).stage for n in names},
-                     labels=np.asarray(data.train.labels) if data.train.has_labels else None,
-                     by_cluster=[n for n in names if detector_spec(n).unit == "cluster"])
+                     labels=np.asarray(data.train.labels) if data.train.has_labels else None, **stage_roles(names))
         # the rule's name: runs cached under the every-detector rule are recomputed
         fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections],
                                            "agree: two votes, class vote")
@@ -391,7 +389,7 @@ class Pipeline:
             self.notice(text, "warn")
             if votes:
                 out.append(name)
-        groups = {n: detector_spec(n).stage for n in voting if n not in out}
+        groups = stage_roles([n for n in voting if n not in out])["groups"]
         lone = uncorroborated_flags({n: detections[n].flagged for n in groups}, groups)
         for name, why in lone.items():
             self.notice(f"uncorroborated flags from {name}: {why}"

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sslguard.repair.finetune import finetune
-from sslguard.repair.linf_pruning import _existing_mask, linf_pruning
+from sslguard.repair.linf_pruning import existing_mask, linf_pruning
 
 
 @dataclass
@@ -93,7 +93,7 @@ def fine_pruning(
     acc, asr = ranked.clean_acc.copy(), ranked.asr.copy()
     models = [model]
     for i in range(1, len(fr)):
-        mask = _existing_mask(model)
+        mask = existing_mask(model)
         mask[ranked.ranking[: ranked.n_pruned[i]]] = 0.0
         pruned = copy.deepcopy(model)
         pruned.prune_channels(torch.as_tensor(mask))

@@ -199,7 +199,7 @@ def linf_pruning(
         pooled_trig = _last_stage_stats(model, TriggeredDataset(val.subset(non_target), attack, seed=seed),
                                         with_linf=False, **kw)["pooled"].astype(np.float64)
     # The masked channel is pooled before the linear head, so each curve point is a matrix product.
-    existing = _existing_mask(model)
+    existing = existing_mask(model)
     acc, asr = np.zeros(len(fr)), np.full(len(fr), np.nan)
     for i, k in enumerate(n_pruned):
         mask = existing.copy()
@@ -222,7 +222,7 @@ def linf_pruning(
     return PruningResult(pruned, ranking, linf, fr, n_pruned, acc, asr, chosen, info, rank_key=key)
 
 
-def _existing_mask(model) -> np.ndarray:
+def existing_mask(model) -> np.ndarray:
     """The channel mask already applied to the last stage (all ones when none)."""
     stage = model.backbone.last_stage
     if isinstance(stage, torch.nn.Sequential) and len(stage) == 2 and isinstance(stage[1], ChannelMask):
