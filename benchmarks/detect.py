@@ -92,7 +92,8 @@ AUGMENTS = {"cifar": "default", "lightly": "lightly"}
 def encoder_config(*, backbone: str = "convnet4", width: int = 32, epochs: int = 39,
                    schedule_epochs: int | None = None, batch_size: int = 256, seed: int = 0,
                    min_scale: float | None = None, augment: str = "cifar", mixed_precision: str = "no",
-                   channels_last: bool = False, method: str = "simclr", checkpoint_every: int = 1):
+                   channels_last: bool = False, method: str = "simclr", checkpoint_every: int = 1,
+                   compile: bool = False):
     """The :class:`~sslguard.config.SSLConfig` of the benchmark's encoder recipe (see :func:`train_encoder`).
 
     Learning rate, weight decay, optimizer, warm-up, temperature, heads and momentum stay at the
@@ -108,7 +109,7 @@ def encoder_config(*, backbone: str = "convnet4", width: int = 32, epochs: int =
     ssl = SSLConfig(method=method, backbone=backbone, width=width, epochs=epochs, schedule_epochs=schedule_epochs,
                     batch_size=batch_size, min_scale=0.08 if min_scale is None else min_scale,
                     augment=AUGMENTS[augment], mixed_precision=mixed_precision, channels_last=channels_last,
-                    checkpoint_every=checkpoint_every, seed=seed)
+                    checkpoint_every=checkpoint_every, seed=seed, compile=compile)
     ssl.validate()
     return ssl
 
@@ -117,7 +118,8 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
                   epochs: int = 39, schedule_epochs: int | None = None, batch_size: int = 256, seed: int = 0,
                   min_scale: float | None = None, augment: str = "cifar", mixed_precision: str = "no",
                   channels_last: bool = False, method: str = "simclr", progress: bool = False, preload: bool = False,
-                  checkpoint_every: int = 1, on_epoch_end=None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  checkpoint_every: int = 1, on_epoch_end=None,
+                  compile: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """SimCLR (or, with ``method="byol"``, BYOL) encoder on ``dataset`` (resumes from ``output_dir`` when a
     matching checkpoint is there), trained by the product's :func:`sslguard.pipeline.encoder.train_encoder`
     with :func:`encoder_config`'s SSLConfig. BYOL has no negatives, so nothing pushes apart images that
@@ -128,8 +130,9 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
     ``augment``: ``"cifar"`` (SSLConfig ``augment="default"``) is SimCLR's CIFAR recipe
     (:func:`~sslguard.train.augment.ssl_augmentations`: jitter 0.4, no blur); ``"lightly"`` is lightly's
     ``SimCLRTransform`` defaults at 32 px (jitter 0.8 / hue 0.2, blur p=0.5), stronger, which wipes out more
-    of the natural-image cues than of a pasted patch. ``preload``, ``progress`` and ``on_epoch_end`` go to
-    the pipeline's ``train_encoder``. Seeds torch with ``seed`` first (the model's initial weights).
+    of the natural-image cues than of a pasted patch. ``preload``, ``progress``, ``on_epoch_end`` and
+    ``compile`` (SSLConfig's) go to the pipeline's ``train_encoder``. Seeds torch with ``seed`` first (the
+    model's initial weights).
     Returns ``(backbone, info)``.
     """
     from sslguard.models.ssl import load_backbone
@@ -138,7 +141,7 @@ def train_encoder(dataset, *, output_dir: str | os.PathLike, backbone: str = "co
     ssl = encoder_config(backbone=backbone, width=width, epochs=epochs, schedule_epochs=schedule_epochs,
                          batch_size=batch_size, seed=seed, min_scale=min_scale, augment=augment,
                          mixed_precision=mixed_precision, channels_last=channels_last, method=method,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, compile=compile)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     res = train_ssl_encoder(ssl, dataset, image_size=32, output_dir=output_dir, preload=preload, progress=progress,

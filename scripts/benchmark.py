@@ -189,7 +189,8 @@ def _run_gpu_encoder(args: argparse.Namespace) -> int:
                                   budget_s=args.budget_s, hard_limit_s=args.hard_limit_s, max_epochs=args.max_epochs,
                                   min_scale=args.min_scale, mixed_precision=args.mixed_precision,
                                   channels_last=not args.no_channels_last, seed=args.seed, name=args.name,
-                                  probe_steps=args.probe_steps, work_dir=args.work_dir)
+                                  probe_steps=args.probe_steps, work_dir=args.work_dir, epochs=args.epochs,
+                                  compile=args.compile)
     print(json.dumps({k: v for k, v in rep.items() if k != "attack"}, indent=1, default=str))
     return 0
 
@@ -213,6 +214,10 @@ def add_gpu_encoder(sub) -> None:
     p.add_argument("--name", default=None)
     p.add_argument("--probe-steps", type=int, default=30, help="batches in the timing probe that plans the epochs")
     p.add_argument("--work-dir", default=None, help="checkpoints and the whole encoder (default OUTPUT/work)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train this many epochs (no probe; restarts with fewer if the first ones say they won't fit "
+                        "the hard limit)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the step (ssl.compile)")
     p.set_defaults(func=_run_gpu_encoder)
 
 

@@ -296,3 +296,19 @@ def test_backdoor_notice_tells_a_trigger_tied_to_the_poisons_from_one_not_learne
     assert "a patch like it" in texts["tied"][0][1]  # a random patch lands among the poisons too (0.30 vs 0.05)
     assert texts["not"][0][0] == "warn" and "did NOT learn" in texts["not"][0][1]
     assert texts["old"] == texts["not"]  # a backdoor.json written before the corpus-bank rates: as before
+
+
+def test_ssl_preload_auto_keeps_small_corpora_on_a_gpu_only():
+    from sslguard.config import SSLConfig
+    from sslguard.pipeline.encoder import PRELOAD_AUTO_BYTES, resolve_preload
+
+    corpus = list(range(1000))  # resolve_preload needs only the corpus' length
+    auto = SSLConfig()
+    assert auto.preload == "auto"
+    assert resolve_preload(auto, corpus, 32, "cuda") and not resolve_preload(auto, corpus, 32, "cpu")
+    side = int((PRELOAD_AUTO_BYTES / (3 * len(corpus))) ** 0.5) + 1  # just over the limit
+    assert not resolve_preload(auto, corpus, side, "cuda")
+    assert resolve_preload(SSLConfig(preload=True), corpus, 32, "cpu")
+    assert not resolve_preload(SSLConfig(preload=False), corpus, 32, "cuda")
+    with pytest.raises(ConfigError, match=r"^ssl\.preload"):
+        load_detect_config(None, ["ssl.preload=sometimes"])

@@ -113,6 +113,8 @@ class SSLConfig:
     schedule_epochs: Optional[int] = None  # length of the lr schedule (None: epochs); more stops it part way
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = False
+    compile: bool = False  # torch.compile the step (pays on a GPU at small image sizes; see train_ssl)
+    preload: Any = "auto"  # true | false | auto: the corpus as one uint8 tensor on a GPU when it takes <= 4 GiB
     checkpoint_every: int = 1  # epochs; 0: only at the end
     knn_every: int = 0  # epochs; 0: no kNN monitor
     knn_k: int = 200
@@ -142,6 +144,7 @@ class SSLConfig:
         check(self.schedule_epochs is None or self.schedule_epochs >= self.epochs, f"{key}.schedule_epochs",
               "must be >= epochs")
         check(self.mixed_precision in ("no", "bf16", "fp16"), f"{key}.mixed_precision", "must be no, bf16 or fp16")
+        check(self.preload in (True, False, "auto"), f"{key}.preload", "must be true, false or auto")
         check(self.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0")
         check(self.knn_every >= 0, f"{key}.knn_every", "must be >= 0")
         check(self.knn_k >= 1, f"{key}.knn_k", "must be >= 1")

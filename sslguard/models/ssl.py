@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from lightly.loss import NegativeCosineSimilarity, NTXentLoss
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule
 
 from sslguard.models.backbones import StagedBackbone, create_backbone
@@ -119,10 +119,18 @@ class BYOL(nn.Module):
     @torch.no_grad()
     def update_momentum(self, step: int, max_steps: int) -> float:
         """EMA-update the momentum network; returns the momentum used (cosine from base to 1)."""
-        m = cosine_schedule(step, max(1, max_steps), self.momentum_base, 1.0)
-        update_momentum(self.backbone, self.backbone_momentum, m=m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m=m)
-        return float(m)
+        m = float(cosine_schedule(step, max(1, max_steps), self.momentum_base, 1.0))
+        # lightly's update_momentum, ema = m * ema + (1 - m) * online, as one foreach lerp over all
+        # parameters: its Python loop launches two GPU kernels per tensor, which bounded the step at 32 px.
+        ema, online = self._momentum_pairs()
+        torch._foreach_lerp_(ema, online, 1.0 - m)
+        return m
+
+    def _momentum_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ema = [p.data for p in self.backbone_momentum.parameters()] + \
+              [p.data for p in self.projection_head_momentum.parameters()]
+        online = [p.data for p in self.backbone.parameters()] + [p.data for p in self.projection_head.parameters()]
+        return ema, online
 
 
 SSL_METHODS = {"simclr": SimCLR, "byol": BYOL}

@@ -61,6 +61,31 @@ class AugmentParams:
     sigma: torch.Tensor  # (N,) float
     solarize: torch.Tensor  # (N,) bool
 
+    def to(self, device: torch.device | str) -> "AugmentParams":
+        """The parameters on ``device``. To a GPU they travel as one pinned block in one asynchronous
+        copy: nine plain ``.to()`` calls would each wait for the GPU to drain its queue (a copy from
+        pageable memory synchronises), which leaves the GPU idle between training steps."""
+        device = torch.device(device)
+        if device.type == "cpu" or self.crop.device == device:
+            return self
+        packed = self.pack()
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        return AugmentParams.unpack(packed.to(device, non_blocking=True))
+
+    def pack(self) -> torch.Tensor:
+        """All parameters as one ``(N, 18)`` float32 tensor (every value is exact in float32)."""
+        cols = (self.crop, self.flip, self.jitter, self.factors, self.order, self.gray, self.blur, self.sigma,
+                self.solarize)
+        return torch.cat([c.reshape(len(self.crop), -1).float() for c in cols], dim=1)
+
+    @staticmethod
+    def unpack(packed: torch.Tensor) -> "AugmentParams":
+        """The inverse of :meth:`pack`, on ``packed``'s device."""
+        crop, flip, jit, fac, order, gray, blur, sigma, sol = packed.split([4, 1, 1, 4, 4, 1, 1, 1, 1], dim=1)
+        return AugmentParams(crop, flip[:, 0] > 0.5, jit[:, 0] > 0.5, fac, order.long(), gray[:, 0] > 0.5,
+                             blur[:, 0] > 0.5, sigma[:, 0], sol[:, 0] > 0.5)
+
 
 # Uniform draws per sample and view: 10 crop tries x (area, log ratio), crop position (2), flip, jitter,
 # four jitter factors, four order keys, grey, blur, sigma, solarize.
@@ -335,49 +360,81 @@ class BatchAugment:
         return AugmentParams(crop, flip, jitter, factors, order, gray, blur, sigma, solarize)
 
     # ------------------------------------------------------------------------------ pixels
-    def apply(self, images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-        """Apply drawn parameters ``p`` to ``images`` (``uint8`` or float in [0, 1], ``(N, 3, H, W)``)."""
+    def apply(self, images: torch.Tensor, p: AugmentParams, *, masked: bool | None = None) -> torch.Tensor:
+        """Apply drawn parameters ``p`` to ``images`` (``uint8`` or float in [0, 1], ``(N, 3, H, W)``).
+
+        ``masked`` (default: on a GPU) computes every op on the whole batch and keeps each sample's own
+        result with ``torch.where``, instead of gathering the samples an op applies to: more arithmetic,
+        but no step asks the host which samples those are, so the GPU never waits for the CPU (each
+        gather is a host sync). On a CPU, where arithmetic is the cost, the gathers are cheaper. Both give
+        the same images up to float rounding (tests/train/test_augment.py)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a batch (N, 3, H, W), got shape {tuple(images.shape)}")
         dev = images.device
+        masked = images.is_cuda if masked is None else bool(masked)
+        p = p.to(dev)
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         n = x.shape[0]
-        crop = p.crop.to(dev)
         boxes = torch.cat(
-            [torch.arange(n, device=dev, dtype=x.dtype).view(-1, 1), crop[:, :2], crop[:, :2] + crop[:, 2:]], dim=1
-        )
+            [torch.arange(n, device=dev, dtype=x.dtype).view(-1, 1), p.crop[:, :2], p.crop[:, :2] + p.crop[:, 2:]],
+            dim=1)
         # roi_align with aligned=True samples at pixel centres like a resize with align_corners=False;
         # sampling_ratio=-1 averages ceil(box/size) samples per output pixel when a crop shrinks.
         x = roi_align(x, boxes, output_size=(self.size, self.size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        flip = p.flip.to(dev).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
-        jit = p.jitter.to(dev)
-        if bool(jit.any()):
-            fac, order = p.factors.to(dev), p.order.to(dev)
-            ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-            for step in range(4):
-                for op_id, op in enumerate(ops):
-                    idx = torch.nonzero(jit & (order[:, step] == op_id)).flatten()
-                    if idx.numel():
-                        x[idx] = op(x[idx], fac[idx, op_id])
-        gray = p.gray.to(dev)
-        if bool(gray.any()):
-            x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
-        blur = p.blur.to(dev)
-        if bool(blur.any()):
-            idx = torch.nonzero(blur).flatten()
-            x[idx] = gaussian_blur(x[idx], p.sigma.to(dev)[idx], max_sigma=self.blur_sigma[1])
-        sol = p.solarize.to(dev)
-        if bool(sol.any()):
+        x = torch.where(p.flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = self._jitter(x, p, masked)
+        if masked or bool(p.gray.any()):
+            x = torch.where(p.gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+        if self.blur_prob > 0 and masked:
+            blurred = gaussian_blur(x, p.sigma, max_sigma=self.blur_sigma[1])
+            x = torch.where(p.blur.view(-1, 1, 1, 1), blurred, x)
+        elif self.blur_prob > 0 and bool(p.blur.any()):
+            idx = torch.nonzero(p.blur).flatten()
+            x[idx] = gaussian_blur(x[idx], p.sigma[idx], max_sigma=self.blur_sigma[1])
+        if self.solarize_prob > 0:
             solar = torch.where(x >= self.solarize_threshold, 1.0 - x, x)
-            x = torch.where(sol.view(-1, 1, 1, 1), solar, x)
+            x = torch.where(p.solarize.view(-1, 1, 1, 1), solar, x)
         mean = torch.as_tensor(self.mean, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.as_tensor(self.std, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
 
+    @staticmethod
+    def _jitter(x: torch.Tensor, p: AugmentParams, masked: bool) -> torch.Tensor:
+        """Colour jitter: each sample's four ops in its own random order (see :meth:`apply` for ``masked``)."""
+        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        if masked:
+            for step in range(4):
+                for op_id, op in enumerate(ops):
+                    use = (p.jitter & (p.order[:, step] == op_id)).view(-1, 1, 1, 1)
+                    x = torch.where(use, op(x, p.factors[:, op_id]), x)
+            return x
+        if not bool(p.jitter.any()):
+            return x
+        for step in range(4):
+            for op_id, op in enumerate(ops):
+                idx = torch.nonzero(p.jitter & (p.order[:, step] == op_id)).flatten()
+                if idx.numel():
+                    x[idx] = op(x[idx], p.factors[idx, op_id])
+        return x
+
     def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None, *, keys=None) -> torch.Tensor:
         """One view of ``images``; ``gen``/``keys`` choose the random stream as in :meth:`sample`."""
         return self.apply(images, self.sample(images.shape[0], images.shape[2], images.shape[3], gen, keys=keys))
+
+
+def two_views(aug0: BatchAugment, aug1: BatchAugment, channels_last: bool, masked: bool | None = None):
+    """``(images, params0, params1) -> (view0, view1)``: the pixel work of both views of a training step, one
+    function so that ``torch.compile`` fuses it (compiled, pass ``masked=True``: no data-dependent shapes to
+    break the graph; see :meth:`BatchAugment.apply`)."""
+
+    def views(x: torch.Tensor, p0, p1) -> tuple[torch.Tensor, torch.Tensor]:
+        v0, v1 = aug0.apply(x, p0, masked=masked), aug1.apply(x, p1, masked=masked)
+        if channels_last:
+            v0 = v0.contiguous(memory_format=torch.channels_last)
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+        return v0, v1
+
+    return views
 
 
 # The recipe of ssl_augmentations. Every view: crop scale (min_scale or 0.08, 1), colour jitter with p=0.8 and

@@ -45,7 +45,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +56,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslguard.data.transforms import ResizeUint8, TransformDataset, collate_uint8
 from sslguard.models.ssl import BYOL, save_backbone
-from sslguard.train.augment import BatchAugment, ssl_augmentations, view_keys
+from sslguard.train.augment import BatchAugment, ssl_augmentations, two_views, view_keys
 from sslguard.utils.io import atomic_path, atomic_write_json
+from sslguard.utils.seed import rng_state, set_rng_state
 from sslguard.knn import extract_features, knn_accuracy
 
 log = logging.getLogger(__name__)
@@ -115,39 +115,18 @@ def default_lr(optimizer: str, batch_size: int) -> float:
     return base * batch_size / 256
 
 
-def _build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _build_optimizer(name: str, params, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+    # fused (one kernel for all parameters) on a GPU; on a CPU the default keeps earlier runs' numbers
+    extra = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **extra)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
     if name == "lars":
         from lightly.utils.lars import LARS
 
         return LARS(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ValueError(f"ssl.optimizer: unknown optimizer {name!r}; choose from {OPTIMIZERS}")
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _epoch_seed(*parts: int) -> int:
@@ -204,6 +183,8 @@ class _SSLRun:
     fingerprint: dict[str, Any]
     out: Path | None
     ckpt_path: Path | None
+    forward: Any = None  # the model's forward, compiled with ``compile``
+    views: Any = None  # (images, params0, params1) -> the two augmented views, compiled with ``compile``
     start_epoch: int = 0
     global_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -247,7 +228,7 @@ def _split_batch(dataset, batch_size: int, world: int) -> tuple[int, int]:
 
 def _setup_run(model, dataset, accelerator, *, method, epochs, batch_size, lr, weight_decay, optimizer, warmup_epochs,
                schedule_epochs, image_size, augment, output_dir, seed, mixed_precision, channels_last, progress,
-               checkpoint_every, knn_every, knn_train, knn_test, knn_k, knn_t) -> _SSLRun:
+               checkpoint_every, knn_every, knn_train, knn_test, knn_k, knn_t, compile_: bool = False) -> _SSLRun:
     """Accelerator, batch split, run fingerprint, seeding, augmentations, optimizer and scheduler."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -280,19 +261,26 @@ def _setup_run(model, dataset, accelerator, *, method, epochs, batch_size, lr, w
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _build_optimizer(optimizer, params, lr, weight_decay)
+    opt = _build_optimizer(optimizer, params, lr, weight_decay, fused=acc.device.type == "cuda")
     sched = CosineWarmupScheduler(opt, warmup_epochs=int(round(warmup_epochs * steps_per_epoch)),
                                   max_epochs=total_steps, start_value=1.0, end_value=0.0)
     model, opt = acc.prepare(model, opt)
     # The scheduler stays unprepared: accelerate would step it num_processes times per step, which
     # suits per-process batch sizes; ours counts global steps.
     raw = acc.unwrap_model(model)
+    forward, views = model, two_views(aug0, aug1, channels_last)
+    if compile_:
+        # torch.compile (inductor) fuses the many small kernels of a 32 px step (BatchNorm, ReLU, the
+        # augmentations' elementwise ops); the first steps pay the compilation. Shapes are static
+        # (batches are drop_last), so one graph serves the whole run.
+        views = two_views(aug0, aug1, channels_last, masked=True)
+        forward, views = torch.compile(model, dynamic=False), torch.compile(views, dynamic=False)
     return _SSLRun(
         acc=acc, model=model, raw=raw, opt=opt, sched=sched, aug0=aug0, aug1=aug1, method=method, epochs=epochs,
         batch_size=batch_size, per_proc=per_proc, steps_per_epoch=steps_per_epoch, total_steps=total_steps, lr=lr,
         seed=seed, image_size=image_size, channels_last=channels_last, progress=progress,
         checkpoint_every=checkpoint_every, knn_every=knn_every, knn_train=knn_train, knn_test=knn_test, knn_k=knn_k,
-        knn_t=knn_t, fingerprint=fingerprint, out=out, ckpt_path=ckpt_path,
+        knn_t=knn_t, fingerprint=fingerprint, out=out, ckpt_path=ckpt_path, forward=forward, views=views,
     )
 
 
@@ -313,7 +301,7 @@ def _resume_from_checkpoint(run: _SSLRun, resume: bool) -> None:
     run.sched.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler") is not None and run.acc.scaler is not None:
         run.acc.scaler.load_state_dict(ckpt["scaler"])
-    _set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"])
     run.start_epoch, run.global_step, run.history = int(ckpt["epoch"]), int(ckpt["global_step"]), list(ckpt["history"])
     if run.acc.is_main_process:
         log.info("resumed from %s at epoch %d", ckpt_path, run.start_epoch)
@@ -328,7 +316,7 @@ def _save_checkpoint(run: _SSLRun, epoch: int) -> None:
         state = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": run.global_step,
                  "model": run.raw.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
                  "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                 "rng": _rng_state(), "history": run.history, "fingerprint": run.fingerprint}
+                 "rng": rng_state(), "history": run.history, "fingerprint": run.fingerprint}
         with atomic_path(run.ckpt_path, suffix=".pt") as tmp:
             torch.save(state, tmp)
     acc.wait_for_everyone()
@@ -408,12 +396,14 @@ def _prepare_loader(run: _SSLRun, dataset, num_workers: int) -> DataLoader:
 
 def _epoch_batches(run: _SSLRun, loader: DataLoader, resident: torch.Tensor | None):
     """The epoch's ``(images, labels, positions)`` batches: the loader's, or the same positions indexed
-    from the preloaded corpus."""
+    from the preloaded corpus (the epoch's positions go to the device in one copy: a copy per step would
+    make the host wait for the GPU every step)."""
     if resident is None:
         return loader
     sampler = loader.batch_sampler
     batches = epoch_batches(run.seed, sampler.epoch, sampler.n_images, run.batch_size, sampler.world, sampler.rank)
-    return ((resident[b.to(run.acc.device)], None, b) for b in batches)
+    on_device = batches.to(resident.device)
+    return ((resident[on_device[i]], None, b) for i, b in enumerate(batches))
 
 
 def _train_step(run: _SSLRun, images: torch.Tensor, positions: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -421,13 +411,12 @@ def _train_step(run: _SSLRun, images: torch.Tensor, positions: torch.Tensor, epo
     step; returns the loss."""
     acc = run.acc
     x = images.to(acc.device, non_blocking=True)
-    v0 = run.aug0(x, keys=view_keys(run.seed, epoch, positions, 0))
-    v1 = run.aug1(x, keys=view_keys(run.seed, epoch, positions, 1))
-    if run.channels_last:
-        v0 = v0.contiguous(memory_format=torch.channels_last)
-        v1 = v1.contiguous(memory_format=torch.channels_last)
+    n, _, h, w = x.shape
+    p0 = run.aug0.sample(n, h, w, keys=view_keys(run.seed, epoch, positions, 0)).to(acc.device)
+    p1 = run.aug1.sample(n, h, w, keys=view_keys(run.seed, epoch, positions, 1)).to(acc.device)
+    v0, v1 = run.views(x, p0, p1)
     with acc.autocast():
-        loss = run.model(v0, v1)
+        loss = run.forward(v0, v1)
     run.opt.zero_grad(set_to_none=True)
     acc.backward(loss)
     run.opt.step()
@@ -452,7 +441,8 @@ def _run_epoch(run: _SSLRun, epoch: int, loader: DataLoader, resident: torch.Ten
     for images, _, positions in bar:
         loss = _train_step(run, images, positions, epoch)
         loss_sum += loss.detach().float()
-        if run.progress and acc.is_main_process and run.global_step % 10 == 0:
+        # .item() waits for the GPU: only when a bar is shown, every 10 steps
+        if not bar.disable and run.global_step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     if acc.device.type == "cuda":
@@ -536,6 +526,7 @@ def train_ssl(
     preload: bool = False,
     accelerator=None,
     progress: bool = True,
+    compile: bool = False,
     meta: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> SSLTrainResult:
@@ -560,6 +551,11 @@ def train_ssl(
     from it by index (same sampler order, so the same batches and weights as the loader path): for
     small-image corpora (CIFAR-10 is 150 MB) on a GPU, where per-image loading would otherwise
     bound the step. Large-image corpora (ImageNet-100 at 224 px is ~19 GB) should stream instead.
+
+    ``compile`` runs the model and the augmentations through ``torch.compile``: on a GPU at 32 px the
+    step is bound by kernel launches, not arithmetic, and fusing them is what makes it faster
+    (``benchmarks/gpu.md``); on a CPU, or for one short run, the compilation (a minute or more) costs
+    more than it saves.
     """
     method, schedule_epochs = _check_arguments(model, epochs, batch_size, schedule_epochs, mixed_precision,
                                                checkpoint_every, knn_every, knn_train, knn_test)
@@ -568,7 +564,7 @@ def train_ssl(
         weight_decay=weight_decay, optimizer=optimizer, warmup_epochs=warmup_epochs, schedule_epochs=schedule_epochs,
         image_size=image_size, augment=augment, output_dir=output_dir, seed=seed, mixed_precision=mixed_precision,
         channels_last=channels_last, progress=progress, checkpoint_every=checkpoint_every, knn_every=knn_every,
-        knn_train=knn_train, knn_test=knn_test, knn_k=knn_k, knn_t=knn_t,
+        knn_train=knn_train, knn_test=knn_test, knn_k=knn_k, knn_t=knn_t, compile_=compile,
     )
     _resume_from_checkpoint(run, resume)
     loader = _prepare_loader(run, dataset, num_workers)

@@ -75,3 +75,16 @@ def test_reference_encoder_trains_the_planned_epochs_within_budget(pack, tmp_pat
                                   channels_last=False, probe_steps=2, name="enc")
     assert rep["stopped_early"] is None and rep["epochs_done"] == rep["epochs_planned"] == 2
     assert rep["img_per_s"] > 0 and len(json.loads((tmp_path / "enc_history.json").read_text())) == 2
+
+
+@needs_cifar
+def test_fixed_epochs_that_cannot_fit_restart_with_the_epochs_that_do(pack, tmp_path):
+    # 1,000 toy epochs cannot fit 4 s: after epoch 2 the run projects its end, starts again with the
+    # epochs that fit (the cosine schedule needs its length), and says so
+    rep = train_reference_encoder(pack, tmp_path, setting="htba_50", method="byol", backbone="convnet4", width=4,
+                                  batch_size=50, epochs=1000, hard_limit_s=4.0, check_epoch=2, mixed_precision="no",
+                                  channels_last=False, name="enc")
+    assert len(rep["replanned"]) == 1 and "restarted with" in rep["replanned"][0]
+    assert 1 <= rep["epochs_planned"] < 1000 and "probe_img_per_s" not in rep
+    assert rep["stopped_early"] is None or rep["epochs_done"] >= 1
+    assert rep["img_per_s_steady"] is None or rep["img_per_s_steady"] > 0

@@ -305,3 +305,25 @@ def test_batched_augment_is_faster_than_lightly_pil():
         ref(im)
     theirs = (time.perf_counter() - t) * 4
     assert ours < theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize("method,size,view", [("simclr", 32, 0), ("byol", 32, 1), ("byol", 96, 0), ("byol", 96, 1)])
+def test_masked_pixel_path_gives_the_gathered_paths_images(method, size, view):
+    # the GPU path (every op on the whole batch, kept per sample by torch.where, no host sync) and the
+    # CPU path (each op on the samples it applies to) make the same views; at 96 px blur and solarize too
+    aug = ssl_augmentations(method, size, min_scale=0.2)[view]
+    x = torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    p = aug.sample(24, size, size, keys=view_keys(5, 1, torch.arange(24), view))
+    assert p.jitter.any() and not p.jitter.all()  # both kinds of sample are in the batch
+    gathered, masked = aug.apply(x, p, masked=False), aug.apply(x, p, masked=True)
+    torch.testing.assert_close(masked, gathered, atol=1e-6, rtol=0)
+
+
+def test_params_pack_into_one_block_and_back_exactly():
+    aug = ssl_augmentations("byol", 96)[1]
+    p = aug.sample(40, 120, 100, keys=view_keys(0, 0, torch.arange(40), 1))
+    q = type(p).unpack(p.pack())
+    for name in ("crop", "flip", "jitter", "factors", "order", "gray", "blur", "sigma", "solarize"):
+        a, b = getattr(p, name), getattr(q, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert p.to("cpu") is p
