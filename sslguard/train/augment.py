@@ -394,8 +394,10 @@ class BatchAugment:
         if self.solarize_prob > 0:
             solar = torch.where(x >= self.solarize_threshold, 1.0 - x, x)
             x = torch.where(p.solarize.view(-1, 1, 1, 1), solar, x)
-        mean = torch.as_tensor(self.mean, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.as_tensor(self.std, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
+        # filled on the device: a tensor made from the Python tuple is copied from pageable memory, which
+        # waits for the GPU's queue (twice a view, every step)
+        mean = torch.stack([torch.full((), v, device=dev, dtype=x.dtype) for v in self.mean]).view(1, -1, 1, 1)
+        std = torch.stack([torch.full((), v, device=dev, dtype=x.dtype) for v in self.std]).view(1, -1, 1, 1)
         return (x - mean) / std
 
     @staticmethod
