@@ -13,6 +13,11 @@ as the quickstart fuses them (PoisonCAM and PatchSearch vote, ``any``). The trai
 ``benchmarks/encoders/cpu/<case>.safetensors`` with its recipe and sha256, and a later run loads it instead
 of training (about 15-20 min each on one core).
 
+The two ``gpu_`` rows load the reference encoders of ``encoders/README.md`` (BYOL CIFAR ResNet-18 trained on
+a lent GPU on all 50,000 training images with HTBA on half of class 0: 12 px, learned; 8 px, the papers'
+size, partly learned) and run detection on 2,000 of those images (200 per class, poisoned by the pipeline with
+the same attack), as ``detect.md`` does: a ResNet-18 runs at about 50 img/s on this CPU.
+
 The Imagenette row is the same recipe on ``../shared``'s Imagenette folder (its 3,925 validation photos at
 64 px, a 16 px grid on half of class 0, k=40); a folder has no labelled test split, so the learned check holds
 clean corpus images out of the kNN bank.
@@ -79,6 +84,16 @@ def _patch(kind: str, size: int, rate: float, target: int) -> list[str]:
     return [*CIFAR, "attack.name=htba", f"attack.target={target}", f"attack.rate={rate}", f"attack.params={params}"]
 
 
+def _gpu_encoder(setting: str, size: int) -> list[str]:
+    # a reference encoder of encoders/README.md (BYOL CIFAR ResNet-18 trained on a GPU on all 50k images),
+    # detection on 200 images per class poisoned the same way (a ResNet-18 runs ~50 img/s on this CPU)
+    enc = ROOT / "benchmarks" / "encoders" / f"byol_cifar_resnet18_{setting}_seed0.safetensors"
+    args = [a for a in CIFAR if not a.startswith(("data.subset_per_class", "ssl."))]
+    return [*args, "data.subset_per_class=200", "ssl.method=byol", "ssl.backbone=cifar_resnet18", "ssl.width=64",
+            "attack.name=htba", "attack.target=0", "attack.rate=0.5", f"attack.params={{trigger_size: {size}}}",
+            f"encoder={enc}"]
+
+
 def _global(name: str, params: str, rate: float, target: int) -> list[str]:
     return [*CIFAR, f"attack.name={name}", f"attack.target={target}", f"attack.rate={rate}", f"attack.params={params}"]
 
@@ -106,6 +121,12 @@ CASES: dict[str, tuple[str, str, str, list[str]]] = {
                       _global("blend", "{alpha: 0.3}", 0.5, 0)),
     "sig40_50_t0": ("held-out", "CIFAR-10, SIG (delta 40, 6 periods), 50% of class 0", "quickstart",
                     _global("sig", "{delta: 40.0}", 0.5, 0)),
+    "gpu_htba12_50_t0": ("held-out", "CIFAR-10, grid 12 px, 50% of class 0; the GPU reference encoder (ResNet-18, "
+                         "all 50k images, 33 epochs), detection on 2,000 of them", "quickstart",
+                         _gpu_encoder("htba12_50", 12)),
+    "gpu_htba8_50_t0": ("held-out", "CIFAR-10, grid 8 px (the papers' size), 50% of class 0; the GPU reference encoder "
+                        "(ResNet-18, all 50k images, 71 epochs), detection on 2,000 of them", "quickstart",
+                        _gpu_encoder("htba_50", 8)),
     "imagenette_grid16_50_t0": ("held-out", "Imagenette photos at 64 px (3,925, its folder: no labelled test split), "
                                 "grid 16 px, 50% of class 0", "detect_imagefolder", IMAGENETTE),
 }
@@ -173,7 +194,8 @@ def run_pipeline_case(name: str, work: Path, threads: int) -> dict[str, Any]:
 
     _, _, config, args = CASES[name]
     enc = ENCODERS / f"{name}.safetensors"
-    extra = [f"encoder={enc}"] if enc.exists() else []
+    given = any(a.startswith("encoder=") for a in args)  # a case that names its own encoder (the GPU ones)
+    extra = [f"encoder={enc}"] if enc.exists() and not given else []
     cfg = load_detect_config(config, [*args, *extra, f"threads={threads}", f"output_dir={work}", f"name=gen_{name}"])
     t = time.perf_counter()
     pipe = Pipeline(cfg, quiet=True)
@@ -190,14 +212,14 @@ def run_pipeline_case(name: str, work: Path, threads: int) -> dict[str, Any]:
     assign = np.load(res.paths["clusters.npz"])["assignments"]
     summary = res.summary
     learned = _learned(summary.get("backdoor"), cfg.backdoor_margin)
-    if not extra and name != "quickstart":  # a CIFAR or Imagenette case trained its encoder here
+    if not extra and not given and name != "quickstart":  # a CIFAR or Imagenette case trained its encoder here
         _keep_encoder(name, Path(res.run_dir) / "encoder.safetensors", config, args, summary)
     notices = [n["text"] for n in summary.get("notices", []) if n.get("level") == "warn"]
     return {"n": int(keep.sum()), "poisons": int(truth.sum()), "k": int(summary["detectors"]["poisoncam"]["info"]
                                                                           .get("params", {}).get("k", len(np.unique(assign)))),
             "learned": learned, "purity": _purity(assign, truth), "metrics": rows,
             "evidence": {n: str(res.detections[n].info.get("evidence", "")) for n in SSL if n in res.detections},
-            "warnings": notices, "seconds": seconds, "encoder_given": bool(extra),
+            "warnings": notices, "seconds": seconds, "encoder_given": bool(extra) or given,
             "command": f"sslguard detect --config {config} " + " ".join([*args, *extra])}
 
 
