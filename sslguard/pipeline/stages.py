@@ -22,7 +22,7 @@ from sslguard.metrics import detection_metrics
 from sslguard.models.classifier import build_classifier
 from sslguard.models.ssl import load_backbone
 from sslguard.pipeline.data import DataBundle, data_fingerprint, held_out_bank, load_data, unpoisoned
-from sslguard.pipeline.encoder import resolve_preload, train_encoder
+from sslguard.pipeline.encoder import train_encoder
 from sslguard.pipeline.fusion import fuse, implausible_detectors, scores_csv, stage_roles
 from sslguard.pipeline.gallery import gallery_items
 from sslguard.pipeline.result import RunResult
@@ -132,8 +132,7 @@ class Pipeline:
         batch = min(s.batch_size, len(dataset) - len(dataset) % max(1, self._world()))
         res = train_encoder(s, dataset, image_size=self.cfg.data.image_size, output_dir=work, batch_size=batch,
                             knn_train=bank if knn else None, knn_test=data.test if knn else None,
-                            num_workers=self.cfg.data.num_workers, accelerator=self.accelerator, progress=not self.quiet,
-                            preload=resolve_preload(s, dataset, self.cfg.data.image_size, self.device))
+                            num_workers=self.cfg.data.num_workers, accelerator=self.accelerator, progress=not self.quiet)
         if self.is_main:
             with atomic_path(out_path, suffix=".safetensors") as tmp:
                 shutil.copyfile(res.encoder_path, tmp)
