@@ -1,6 +1,6 @@
 """Global triggers (issue 17 item 3): no window erases a blend or SIG trigger, so PoisonCAM confirms its cluster
 by what a whole-image eraser takes away (sslguard.erasers), added to other images, and flags the poisons. SIG's
-stripes also pull images in when a window of them is pasted, but masking one window moves no poison: the
+stripes also pull images in when a window of them is pasted, but masking one window moves (almost) no poison: the
 detector then scores the corpus with the eraser."""
 
 import numpy as np
@@ -32,6 +32,7 @@ def test_the_eraser_residual_confirms_the_trigger_cluster_and_no_clean_one(globa
         assert pc.info["confirmed_erasers"][q] == "lowpass", stats[q]
         rate, control = stats[q]["residual_rate"]["lowpass"], stats[q]["residual_control_rate"]["lowpass"]
         assert rate >= 0.5 and control <= rate / 2, stats[q]  # random images' residuals pull far fewer
+        assert stats[q]["residual_shared_rate"]["lowpass"] >= rate / 2, stats[q]  # one pattern: its mean pulls too
         if name == "blend":  # no 12 px window of a blended noise pulls images in; a window of SIG's stripes may,
             # and so may a 16 px one of the noise (fixed in place, a copy in every poison: step 2b), on top of the eraser
             assert stats[q]["paste_rate"] < 0.5, stats[q]
@@ -43,7 +44,7 @@ def test_the_eraser_residual_confirms_the_trigger_cluster_and_no_clean_one(globa
 def test_the_global_poisons_are_flagged(global_case):
     name, c, _, pc = global_case
     m = detection_metrics(pc.scores, pc.flagged, c.truth)
-    if name == "sig":  # masking a window of the stripes moves no poison: the eraser scores the corpus
+    if name == "sig":  # masking a window of the stripes moves (almost) no poison: the eraser scores the corpus
         assert pc.info["mode"] == "confirmed_cluster_eraser"
     assert m["recall"] >= 0.9 and m["precision"] >= 0.9, (name, m)
     assert pc.info["evidence"].startswith("a confirmed trigger cluster")
