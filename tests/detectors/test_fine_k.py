@@ -20,8 +20,9 @@ def fine():
     c = planted_patch_encoder_case(seed=0)
     emb, clusters = embed_and_cluster(c.backbone, c.dataset, k=FINE_K)
     trig = np.unique(clusters.assignments[c.truth])
-    # the fixture's premise: at k=50 the 73 poisons are cut into several pure clusters
-    assert len(trig) >= 3 and all(c.truth[clusters.assignments == t].mean() > 0.95 for t in trig), trig
+    # the fixture's premise: at k=50 the 73 poisons are cut into pure pieces (3 on AMD AVX-512 kernels, 2 on an
+    # Intel CPU's SSE4.1 ones: how many is float order, that it is more than one is the premise)
+    assert len(trig) >= 2 and all(c.truth[clusters.assignments == t].mean() > 0.95 for t in trig), trig
     return c, emb, clusters, set(trig.tolist())
 
 
