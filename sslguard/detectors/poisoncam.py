@@ -214,10 +214,10 @@ def _confirm_by_residual(run: _Run, probes: _Probes, c: int, mine: np.ndarray, n
     rates, controls, shared = {}, {}, {}
     for j, (e, drop) in enumerate(probes.eraser_drop.items()):
         pick = mine_pos[np.argsort(-drop[mine_pos], kind="stable")[:n_paste_windows]]
-        res = list(residuals(run.corpus.images(probes.pos[pick]), e))
+        res = residuals(run.corpus.images(probes.pos[pick]), e)  # (n, 3, H, W)
         rng = np.random.default_rng([seed, 4245, j, c])
         test_pos = np.sort(rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
-        rates[e] = run.corpus.residual_rate(res, test_pos, c)
+        rates[e] = run.corpus.residual_rate(list(res), test_pos, c)
         if rates[e] >= paste_rate:
             # a cluster of fine textures takes in any image whose detail is raised (on CIFAR-10 clean clusters'
             # residuals pulled up to 0.42): the cluster's own residuals must pull at least twice as many
@@ -228,7 +228,7 @@ def _confirm_by_residual(run: _Run, probes: _Probes, c: int, mine: np.ndarray, n
             # the one mean residual meets as many non-members as the residuals did, on a stream of its own
             pos = np.random.default_rng([seed, 4247, j, c]).choice(others, min(len(res) * len(test_pos), len(others)),
                                                                      replace=False)
-            shared[e] = run.corpus.residual_rate([torch.stack(res).mean(0)], np.sort(pos), c)
+            shared[e] = run.corpus.residual_rate([res.mean(0)], np.sort(pos), c)
     return rates, controls, shared
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sslguard.cluster import kmeans
 from sslguard.data.datasets import ArrayDataset
+from sslguard.data.transforms import to_float
 from sslguard.detectors import get_detector
 from sslguard.embed import embed_dataset
 
@@ -52,8 +53,6 @@ def _corpus(shared_pattern: bool, seed: int = 0):
     ds = ArrayDataset(images, np.r_[np.repeat(np.arange(4), 60), np.zeros(60, int)], [str(c) for c in COLOURS])
     enc = DetailEncoder()
     x = torch.as_tensor(images[240:]).permute(0, 3, 1, 2)
-    from sslguard.data.transforms import to_float
-
     enc.e0 = float(enc.forward_features(to_float(x))[:, 0].mean((1, 2)).median()) / np.e
     return ds, np.arange(240, 300), enc.eval()
 
