@@ -73,3 +73,21 @@ def add_residuals(images_uint8: torch.Tensor, res: torch.Tensor) -> torch.Tensor
     """Each image with a residual added (``res`` of the same batch size, or one residual for all),
     rounded and clipped to ``uint8``: the global analogue of pasting a window."""
     return (images_uint8.float() + res).round().clamp(0, 255).to(torch.uint8)
+
+
+def shared_share(x: torch.Tensor) -> float:
+    """Share of the energy of a batch ``x`` (n, ...) that is one pattern common to all its items.
+
+    With ``rho`` the energy of the batch mean over the items' mean energy, items ``s + u_i`` (one pattern ``s``,
+    unrelated rest ``u_i``) give ``rho = f + (1 - f) / n`` where ``f`` is ``s``'s share; this returns
+    ``(rho - 1/n) / (1 - 1/n)``, an estimate of ``f`` whatever ``n``: 1 for copies of one pattern, about 0
+    for unrelated items. NaN for fewer than two items, 0 for an all-zero batch."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    flat = x.flatten(1).double()
+    energy = float(flat.pow(2).sum(1).mean())
+    if energy == 0.0:
+        return 0.0
+    rho = float(flat.mean(0).pow(2).sum()) / energy
+    return (rho - 1.0 / n) / (1.0 - 1.0 / n)

@@ -21,7 +21,9 @@ This implementation (our own code, following the idea) runs in four steps:
    triggers**: the same check with what a whole-image eraser (:mod:`sslguard.erasers`) took from the top
    probes, *added* to non-members; the residuals of as many random non-members must pull at most half as many,
    and the residuals' *mean* at least half as many (a trigger is one pattern in every poison and survives the
-   mean; a cluster of fine textures takes in any image whose detail one member's residual raises). Every
+   mean; a cluster of fine textures takes in any image whose detail one member's residual raises), or, for a
+   trigger learned too weakly for a majority to join, the members' residuals must be mostly one pattern that
+   pulls non-members in more than as much other detail does (:mod:`~sslguard.detectors.global_trigger`). Every
    cluster of ``min_cluster_size`` is checked (``support_z=-inf``): the masking drop measures how *fragile* a
    cluster is, not whether it holds a trigger (on the README's quickstart clean clusters lost more than the
    trigger cluster). An arrival in the cluster's *twin* (mutual nearest centroid) counts, and above ``group_k``
@@ -57,19 +59,23 @@ recompressed or resized after the trigger was pasted, or a trigger much smaller 
 busy backgrounds, fall under the bar there. Windows are pasted at random places: a trigger that acts at
 one position only, or only with its surroundings, may fail. A global trigger in the low frequencies (a
 colour cast, a warp such as WaNet's) survives the erasers, and one that differs from poison to poison
-(sample-specific noise) averages away in the mean residual; step 3 scores the corpus one way, by windows as
-soon as masking moves a member of any confirmed cluster. Step 4 inherits the limits of
-:mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an object part and flags the
-images that show it. The trigger must be a distinct cluster at the chosen ``k`` (groups assume a trigger
-group's pieces are each other's nearest clusters: ``fine_k.md``). The colour control is off (PatchSearch's
-is on): it was not needed on the clean CIFAR-10 subset, on the quickstart flat copies of the trigger windows
-came near the bar on some CPUs (``clean_corpora.md``), and it rejects a one-colour trigger.
+(sample-specific noise) averages away in the mean residual; a faint blend that few pasted images follow is
+confirmed only where it is most of its members' fine detail (``min_shared``). Step 3 scores the corpus one
+way for all confirmed clusters, by windows unless erasing moves a larger share of their members. Step 4
+inherits the limits of :mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an
+object part and flags the images that show it. The trigger must be a distinct cluster at the chosen ``k``
+(groups assume a trigger group's pieces are each other's nearest clusters: ``fine_k.md``). The colour
+control is off (PatchSearch's is on): it was not needed on the clean CIFAR-10 subset, on the quickstart
+flat copies of the trigger windows came near the bar on some CPUs (``clean_corpora.md``), and it rejects a
+one-colour trigger.
 
 Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from ``probe_budget``:
 640 searches up to 160 clusters, 4 per cluster above), step 2 pastes ``(1 + len(erasers)) x
-n_paste_windows x n_paste_test`` images per cluster, step 2b (only when no window passed) repeats step 1
-per larger window, step 3 is one Grad-CAM pass plus the refined candidates, step 4 one pass of the poison
-classifier. With ``cluster.k: auto`` (k = N / 100) every term is at most linear in N (``fine_k.md``).
+n_paste_windows x n_paste_test`` images per cluster (the shared-pattern path reads ``n_paste_test`` members
+per eraser, and pastes twice ``n_paste_windows x n_paste_test`` only where they share a pattern), step 2b
+(only when no window passed) repeats step 1 per larger window, step 3 is one Grad-CAM pass plus the refined
+candidates, step 4 one pass of the poison classifier. With ``cluster.k: auto`` (k = N / 100) every term is
+at most linear in N (``fine_k.md``).
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ from sslguard.cam import sliding_boxes, window_consistency, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector, robust_threshold
 from sslguard.detectors.corpus import Corpus, nearest_confirmed, prepare_embeddings_and_clusters
+from sslguard.detectors.global_trigger import confirm_by_residual
 from sslguard.erasers import ERASERS, residuals
 from sslguard.poison_classifier import classifier_logits, crop_windows, train_poison_classifier
 
@@ -203,39 +210,10 @@ def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, past
     return rate, run.corpus.paste_rate(run.corpus.flat_copies(patches), test_pos, c, flat_rng)
 
 
-def _confirm_by_residual(run: _Run, probes: _Probes, c: int, mine: np.ndarray, n_paste_windows: int,
-                         n_paste_test: int, paste_rate: float, seed: int) -> tuple[dict, dict, dict]:
-    """Per eraser: share of non-members that the residuals of cluster ``c``'s top probes (what the eraser took
-    from them), added to them, pull into ``c``; where that reaches ``paste_rate``, the *control* (the share the
-    residuals of as many random non-members pull) and the *shared* rate (the share their mean pulls). Each
-    eraser draws on its own streams (the other clusters' window checks draw as without erasers)."""
-    mine_pos = np.flatnonzero(mine)
-    others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
-    rates, controls, shared = {}, {}, {}
-    for j, (e, drop) in enumerate(probes.eraser_drop.items()):
-        pick = mine_pos[np.argsort(-drop[mine_pos], kind="stable")[:n_paste_windows]]
-        res = residuals(run.corpus.images(probes.pos[pick]), e)  # (n, 3, H, W)
-        rng = np.random.default_rng([seed, 4245, j, c])
-        test_pos = np.sort(rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
-        rates[e] = run.corpus.residual_rate(list(res), test_pos, c)
-        if rates[e] >= paste_rate:
-            # a cluster of fine textures takes in any image whose detail is raised (on CIFAR-10 clean clusters'
-            # residuals pulled up to 0.42): the cluster's own residuals must pull at least twice as many
-            donors = np.sort(rng.choice(others, size=min(len(res), len(others)), replace=False))
-            controls[e] = run.corpus.residual_rate(list(residuals(run.corpus.images(donors), e)), test_pos, c)
-            # what the top probes share: a trigger survives the mean, each image's own detail averages away
-            # (a texture cluster at 224 px passed the control: benchmarks/defaults.md, *Whole-image erasers*);
-            # the one mean residual meets as many non-members as the residuals did, on a stream of its own
-            pos = np.random.default_rng([seed, 4247, j, c]).choice(others, min(len(res) * len(test_pos), len(others)),
-                                                                     replace=False)
-            shared[e] = run.corpus.residual_rate([res.mean(0)], np.sort(pos), c)
-    return rates, controls, shared
-
-
 def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator, *, confirm_z: float,
                       min_cluster_size: int, paste_check: bool, support_z: float, paste_rate: float,
                       n_paste_windows: int, n_paste_test: int, colour_control: bool = True,
-                      seed: int = 0) -> _Confirmation:
+                      seed: int = 0, min_shared: float | None = None) -> _Confirmation:
     """Step 2: confirm a cluster by its masking drop above ``confirm_z``, or by the paste check."""
     sizes = run.clusters.sizes
     med = np.full(run.clusters.k, -np.inf)
@@ -267,16 +245,19 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
             # a global trigger (blend, SIG) is carried by what a whole-image eraser removes; a cluster whose
             # windows pull is confirmed by them, and its eraser kept for step 3 in case masking any one window
             # moves few of its members (SIG's stripes: a window of them pulls, erasing one leaves the rest)
-            rates, controls, shared = _confirm_by_residual(run, probes, c, mine, n_paste_windows, n_paste_test,
-                                                           paste_rate, seed) if probes.eraser_drop else ({}, {}, {})
-            ok = [e for e in controls if controls[e] <= rates[e] / 2 and shared[e] >= rates[e] / 2]
-            if rates:
-                cand_stats[c].update(residual_rate=rates, residual_control_rate=controls, residual_shared_rate=shared)
-            if ok:
-                erasers[c] = max(ok, key=rates.get)
-            if window_ok or ok:
+            passed = {}
+            if probes.eraser_drop:
+                stats, passed = confirm_by_residual(run, probes, c, mine, n_paste_windows=n_paste_windows,
+                                                    n_paste_test=n_paste_test, paste_rate=paste_rate, seed=seed,
+                                                    min_shared=min_shared)
+                cand_stats[c].update(stats)
+            # the residual path first (the stronger evidence), then the larger pull
+            best = max(passed, key=lambda e: (passed[e][0] == "residual", passed[e][1])) if passed else None
+            if best is not None:
+                erasers[c] = best
+            if window_ok or best is not None:
                 confirmed.append(c)
-                cand_stats[c]["confirmed_by"] = "masking+paste" if window_ok else f"eraser {erasers[c]}+residual"
+                cand_stats[c]["confirmed_by"] = "masking+paste" if window_ok else f"eraser {best}+{passed[best][0]}"
     return _Confirmation(med, cand_stats, confirmed, erasers)
 
 
@@ -506,6 +487,7 @@ def poisoncam(
     group_k: int | None = 10,
     colour_control: bool = False,
     erasers: tuple | None = ERASERS,
+    min_shared: float | None = 0.5,
     larger_windows: tuple | None = (0.5,),
     min_consistency: float = 0.99,
     classifier: bool = True,
@@ -544,6 +526,8 @@ def poisoncam(
             (``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
         larger_windows, min_consistency: step 2b's window fractions, tried in turn, and consistency bar.
         erasers: whole-image erasers (:mod:`sslguard.erasers`) whose residuals step 2 adds (global triggers).
+        min_shared: the share of its members' residual energy that must be one pattern for a cluster to take
+            the shared-pattern path (:mod:`~sslguard.detectors.global_trigger`; ``None``: off).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with step 4 (``False``: step 3's drops are the scores); ``n_top_windows``: windows it
@@ -576,7 +560,7 @@ def poisoncam(
         paste = dict(paste_rate=paste_rate, n_paste_windows=n_paste_windows, n_paste_test=n_paste_test,
                      colour_control=colour_control, seed=seed)
         conf = _confirm_clusters(run, probes, paste_rng, confirm_z=confirm_z, min_cluster_size=min_cluster_size,
-                                 paste_check=paste_check, support_z=support_z, **paste)
+                                 paste_check=paste_check, support_z=support_z, min_shared=min_shared, **paste)
         run, conf = _grow_window(run, conf, n_probe, probe_budget, fractions=tuple(larger_windows or ()),
                                  stride_fraction=stride_fraction, min_consistency=min_consistency, **paste)
         timings["confirm_s"] = time.perf_counter() - t
@@ -593,7 +577,8 @@ def poisoncam(
               "n_null": n_null, "min_cluster_size": min_cluster_size, "z": z, **paste, "paste_check": paste_check,
               "confirm_z": confirm_z if np.isfinite(confirm_z) else None, "twin_clusters": twin_clusters,
               "support_z": support_z if np.isfinite(support_z) else None, "erasers": list(erasers or ()),
-              "larger_windows": list(larger_windows or ()), "min_consistency": min_consistency,
+              "min_shared": min_shared, "larger_windows": list(larger_windows or ()),
+              "min_consistency": min_consistency,
               "classifier": classifier, "n_top_windows": n_top_windows, "classifier_images": classifier_images,
               "classifier_epochs": classifier_epochs, "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, run, conf, mask, scores, threshold, top, final_stage, classifier_info, timings, t_start,
