@@ -15,7 +15,7 @@ Two paths, per eraser, each the global analogue of a window check (:mod:`sslguar
   the same energy of other images' detail does, by a one-sided Fisher test at ``PATTERN_P`` (a few arrivals
   are no evidence). Why the content clause: aligned images (digits) share their strokes' edges because they
   share the strokes; a blended trigger is shared by members whose content is not. The measurements:
-  ``benchmarks/generalization.md`` (*The shared pattern*).
+  ``benchmarks/defaults.md`` (*The shared pattern*).
 
 Limits: the shared share falls with the square of the cluster's poison share and with the blend weight (a
 faint blend whose pattern is a minority of the band's energy is missed); a trigger that differs from poison
@@ -50,6 +50,8 @@ def _shared_pattern(run, c: int, j: int, e: str, *, min_shared: float, n_members
     if not (rec["shared"] >= min_shared and rec["shared"] > rec["content_shared"] and float(mean.abs().max()) >= 0.5):
         return rec
     others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
+    if not len(others):  # every cluster is in c's group: nothing to pull in
+        return rec
     test = np.sort(rng.choice(others, size=min(n_test, len(others)), replace=False))
     donors = np.sort(rng.choice(others, size=min(len(imgs), len(others)), replace=False))
     control = residuals(run.corpus.images(donors), e).mean(0)

@@ -526,8 +526,7 @@ def poisoncam(
             (``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
         larger_windows, min_consistency: step 2b's window fractions, tried in turn, and consistency bar.
         erasers: whole-image erasers (:mod:`sslguard.erasers`) whose residuals step 2 adds (global triggers).
-        min_shared: the share of its members' residual energy that must be one pattern for a cluster to take
-            the shared-pattern path (:mod:`~sslguard.detectors.global_trigger`; ``None``: off).
+        min_shared: step 2's shared-pattern bar (:mod:`~sslguard.detectors.global_trigger`; ``None``: off).
         confirm_z: robust z at which the masking drop alone confirms a cluster, without the paste check
             (default: never; ``confirm_z=3.5, paste_check=False`` is this detector before the paste check).
         classifier: end with step 4 (``False``: step 3's drops are the scores); ``n_top_windows``: windows it
