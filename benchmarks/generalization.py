@@ -38,9 +38,9 @@ a random patch lands there too). A cluster-based detector can only find a trigge
 did not, the bar is the clean one (at most 1% of the corpus flagged).
 
 *Half*: ``tuning`` marks the cases the defaults were chosen on (the quickstart, the planted case, the
-12 px grid trigger on class 0 of ``detect.md``, and the 16 px logo and glyph cases PoisonCAM's larger window
-was designed on); every other case is held out (new triggers, classes, sizes, rates, global triggers, photos),
-and the table shows the two halves separately.
+12 px grid trigger on class 0 of ``detect.md``, the 16 px logo and glyph cases PoisonCAM's larger window
+was designed on, and the noise blend its shared-pattern path was designed on); every other case is held out
+(new triggers, classes, sizes, rates, global triggers, photos), and the table shows the two halves separately.
 """
 
 from __future__ import annotations
@@ -117,8 +117,12 @@ CASES: dict[str, tuple[str, str, str, list[str]]] = {
                       "quickstart", _patch("glyph", 20, 0.5, 6)),
     "logo16_50_t2": ("held-out", "CIFAR-10, smooth gradient logo 16 px, 50% of class 2 (added after step 2b was designed)",
                      "quickstart", _patch("logo", 16, 0.5, 2)),
-    "blend30_50_t0": ("held-out", "CIFAR-10, blend (noise, alpha 0.3), 50% of class 0", "quickstart",
+    # blend30 was held out until PoisonCAM's shared-pattern path (detectors/global_trigger.py) was designed on it
+    "blend30_50_t0": ("tuning", "CIFAR-10, blend (noise, alpha 0.3), 50% of class 0", "quickstart",
                       _global("blend", "{alpha: 0.3}", 0.5, 0)),
+    # defined before PoisonCAM's shared-pattern check was written on blend30 (which it moved to the tuning half)
+    "blend30s7_50_t7": ("held-out", "CIFAR-10, blend (another noise pattern, seed 7, alpha 0.3), 50% of class 7",
+                        "quickstart", _global("blend", "{alpha: 0.3, trigger_seed: 7}", 0.5, 7)),
     "sig40_50_t0": ("held-out", "CIFAR-10, SIG (delta 40, 6 periods), 50% of class 0", "quickstart",
                     _global("sig", "{delta: 40.0}", 0.5, 0)),
     "gpu_htba12_50_t0": ("held-out", "CIFAR-10, grid 12 px, 50% of class 0; the GPU reference encoder (ResNet-18, "
