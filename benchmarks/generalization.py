@@ -123,6 +123,9 @@ CASES: dict[str, tuple[str, str, str, list[str]]] = {
     # defined before PoisonCAM's shared-pattern check was written on blend30 (which it moved to the tuning half)
     "blend30s7_50_t7": ("held-out", "CIFAR-10, blend (another noise pattern, seed 7, alpha 0.3), 50% of class 7",
                         "quickstart", _global("blend", "{alpha: 0.3, trigger_seed: 7}", 0.5, 7)),
+    # defined (2026-12-01) after the shared-pattern path and before its encoder was trained or looked at
+    "blend20s11_50_t4": ("held-out", "CIFAR-10, blend (a third noise pattern, seed 11, alpha 0.2), 50% of class 4",
+                         "quickstart", _global("blend", "{alpha: 0.2, trigger_seed: 11}", 0.5, 4)),
     "sig40_50_t0": ("held-out", "CIFAR-10, SIG (delta 40, 6 periods), 50% of class 0", "quickstart",
                     _global("sig", "{delta: 40.0}", 0.5, 0)),
     "gpu_htba12_50_t0": ("held-out", "CIFAR-10, grid 12 px, 50% of class 0; the GPU reference encoder (ResNet-18, "
