@@ -5,7 +5,7 @@ A detector that flags a fifth of a corpus, or images in most classes when a back
 trusted set, activation and heatmap clustering flagged 2,396 and 2,944 of 8,000 images in 7 of 10
 classes, and the fused flags removed 49% of the corpus at precision 0.20 without a word. Such a flag
 set is named first in the CLI's and the report's notices, and it does not vote in the fused flags (its
-scores still enter the fused ranking).
+scores still enter the fused ranking, as those of every detector that flagged something).
 
 A flag set can also be small and still wrong: a detector that picks a clean class's cluster under a
 shifted trusted set flags a few percent of the corpus, under both rules above. Detectors of one stage hunt

@@ -176,6 +176,29 @@ def test_fusion_rules():
     assert top.flagged.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_the_fused_ranking_leaves_out_a_detector_that_found_nothing():
+    """PoisonCAM flags the poisons, PatchSearch flags nothing and ranks them last (its windows do not apply):
+    the fused ranking is PoisonCAM's, not a mean pulled to chance; with no flags anywhere both rank."""
+    from sklearn.metrics import roc_auc_score
+
+    from sslguard.detectors.base import DetectionResult
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros(40, bool)
+    truth[:8] = True
+    idx = np.arange(40)
+    pc = DetectionResult("poisoncam", idx, truth + rng.uniform(0, 0.5, 40), truth, 0.5)
+    ps = DetectionResult("patchsearch", idx, (~truth) + rng.uniform(0, 0.5, 40), np.zeros(40, bool), 2.0)
+    fused = fuse([pc, ps], flag="agree", groups={"poisoncam": "ssl", "patchsearch": "ssl"})
+    assert fused.info["ranked"] == ["poisoncam"] and fused.flagged.tolist() == truth.tolist()
+    assert roc_auc_score(truth, fused.scores) == 1.0
+    not_voting = fuse([pc, ps], flag="any", no_vote=["poisoncam"])
+    assert not_voting.info["ranked"] == ["poisoncam"]  # an implausible detector still ranks with its flags
+    quiet = DetectionResult("poisoncam", idx, pc.scores, np.zeros(40, bool), 2.0)
+    mean = fuse([quiet, ps])
+    assert mean.info["ranked"] == ["poisoncam", "patchsearch"] and roc_auc_score(truth, mean.scores) < 0.9
+
+
 def test_agree_intersects_within_a_stage_and_adds_up_across_stages():
     """Two SSL detectors that both found evidence: only the images both flag; one that found nothing does not
     veto the other; a classifier-stage detector hunts another attack, so its flags are added."""

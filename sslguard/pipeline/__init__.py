@@ -36,7 +36,8 @@ SSL training resumes mid-stage too (epoch checkpoints of :func:`sslguard.train.s
 **Fusion.** Each detector's scores are put on a common scale, then combined:
 ``fusion.method="rank_mean"`` (default) averages per-detector percentile ranks (scale-free, robust to
 one detector's outliers); ``"max_norm"`` takes the maximum of min-max-normalised scores (one confident
-detector is enough). Which images are *flagged* (and left out of the clean manifest) is
+detector is enough); either over the detectors that flagged anything, when one did (one that found no
+evidence would pull the ranking toward chance). Which images are *flagged* (and left out of the clean manifest) is
 ``fusion.flag``: ``"any"`` (default; flagged by any detector, the union: poisons cost more than the
 few clean images lost), ``"majority"``, ``"all"``, or ``"fused"`` (fused score above its
 ``fusion.fused_quantile``).

@@ -1,7 +1,11 @@
 """Fusion: every detector's scores on one scale, combined, and the flags that decide the clean manifest.
 
 ``method="rank_mean"`` (default) averages per-detector percentile ranks (scale-free, robust to one
-detector's outliers); ``"max_norm"`` takes the maximum of min-max-normalised scores. ``flag``: ``"any"``
+detector's outliers); ``"max_norm"`` takes the maximum of min-max-normalised scores. Both combine only the
+detectors that flagged something, when at least one did: a detector that found no evidence says so by
+flagging nothing, and its ranks are then its pre-decision order, near chance where its mechanism does not
+apply (PatchSearch on a blend trigger: AUROC 0.2-0.4, ``benchmarks/generalization.md``), so averaging them in
+pulled the fused ranking toward chance while the fused flags were exact. ``flag``: ``"any"``
 (the union), ``"majority"``, ``"all"``, ``"fused"`` (fused score above ``fused_quantile``), or
 ``"agree"``: within each stage (SSL, classifier), among the voting detectors that flagged anything,
 
@@ -111,6 +115,7 @@ def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", f
     (``flag="agree"``); ``labels`` (the corpus' labels) and ``by_cluster`` (detectors that flag a class's
     cluster as a whole: registry ``unit="cluster"``) give ``agree`` its class vote. Detectors named in
     ``no_vote`` (implausible flag sets, :mod:`sslguard.plausibility`) enter the fused score but not the vote.
+    ``info["ranked"]`` names the detectors in the fused score: those that flagged anything, else all.
     """
     if not results:
         raise ValueError("fusion needs at least one detection result")
@@ -118,7 +123,9 @@ def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", f
     for r in results[1:]:
         if not np.array_equal(r.index, index):
             raise ValueError(f"{r.name}: not aligned with {results[0].name}")
-    norm = np.stack([normalised_scores(r.scores, method) for r in results])
+    # the ranking: detectors that flagged anything (voting or not), else all of them (module docstring)
+    ranked = [r for r in results if np.asarray(r.flagged).any()] or list(results)
+    norm = np.stack([normalised_scores(r.scores, method) for r in ranked])
     fused = norm.mean(0) if method == "rank_mean" else norm.max(0)
     voters = [r for r in results if r.name not in set(no_vote)]
     votes = np.stack([r.flagged for r in voters]).sum(0) if voters else np.zeros(len(index), dtype=np.int64)
@@ -138,7 +145,7 @@ def fuse(results: Sequence[Any], method: str = "rank_mean", flag: str = "any", f
         raise ValueError(f"fusion.flag: choose any, agree, majority, all or fused, not {flag!r}")
     return DetectionResult("fused", index, fused, flagged, threshold, {"votes": votes},
                            {"method": method, "flag": flag, "detectors": [r.name for r in results],
-                            "voters": [r.name for r in voters]})
+                            "voters": [r.name for r in voters], "ranked": [r.name for r in ranked]})
 
 
 # ----------------------------------------------------------------------------------------- pipeline

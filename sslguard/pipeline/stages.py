@@ -366,7 +366,7 @@ class Pipeline:
                      labels=np.asarray(data.train.labels) if data.train.has_labels else None, **stage_roles(names))
         # the rule's name: runs cached under the every-detector rule are recomputed
         fp = self.fp["fuse"] = fingerprint("fuse", to_dict(f), names, [self.fp[f"detector:{n}"] for n in detections],
-                                           "agree: two votes, class vote")
+                                           "agree: two votes, class vote", "ranked: detectors with flags")
         truth = data.truth
         files = ["scores.csv", "flagged.txt", "clean_indices.txt"]
         has_paths = all(data.paths())

@@ -60,3 +60,19 @@ def test_every_case_config_loads_and_names_an_existing_trigger():
         if cfg.attack is not None:
             cfg.attack.build()  # fails on a missing trigger file, naming it
         assert name == "quickstart" or cfg.cluster.k == "auto"
+
+
+def test_an_older_row_gets_the_fused_ranking_of_the_one_detector_that_flagged():
+    """A row measured before the fused ranking left out detectors with no flags: where only PoisonCAM flagged,
+    the fused ranking metrics become PoisonCAM's own (its percentile ranks keep its order); flags stay."""
+    fused = {**_m(1.0), "auroc": 0.63, "auprc": 0.09}
+    row = _row("blend30s7_50_t7", "held-out", "learned", 1.0, fused)
+    row["metrics"]["patchsearch"] = {**_m(0.0, 0.0, 0), "auroc": 0.22}
+    now = gen.fused_ranking_now(json.loads(json.dumps(row)))
+    assert now["fused_ranked"] == ["poisoncam"] and now["fused_ranking_from"] == "poisoncam"
+    assert now["metrics"]["fused"]["auroc"] == 1.0 and now["metrics"]["fused"]["f1"] == 1.0
+    both = gen.fused_ranking_now(_row("a", "tuning", "learned", 1.0, {**_m(1.0), "auroc": 0.9}))
+    assert both["fused_ranked"] == ["poisoncam", "patchsearch"] and both["metrics"]["fused"]["auroc"] == 0.9
+    measured = {**row, "fused_ranked": ["poisoncam", "patchsearch"]}  # a row the rule already ran on
+    assert gen.fused_ranking_now(measured)["metrics"]["fused"]["auroc"] == 0.63
+    assert "Fused ranking: PoisonCAM's own" in gen.markdown([now], [])
