@@ -424,7 +424,8 @@ def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, thr
             classifier_info, timings, t_start, params) -> DetectionResult:
     """The flags, the run's record and the :class:`DetectionResult`."""
     confirmed, n = conf.confirmed, run.n
-    larger = any("px window" in str(conf.stats[c].get("confirmed_by", "")) for c in confirmed)
+    by = [str(conf.stats[c].get("confirmed_by", "")) for c in confirmed]
+    larger, shared = any("px window" in b for b in by), any("shared pattern" in b for b in by)
     # No confirmed cluster means no evidence that the encoder tied a trigger to a cluster: the screen's
     # scores still rank the images, but cutting their tail would only remove the corpus' oddest clean
     # images (on two encoders that had not learned their trigger it removed 6.7% and 10% of the corpus
@@ -433,8 +434,10 @@ def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, thr
     timings["total_s"] = time.perf_counter() - t_start
     info: dict[str, Any] = {
         "mode": mask.mode,
-        "evidence": ("a confirmed trigger cluster" + (" (a global trigger: a whole-image eraser's residual pulled "
-                                                      "images into it)" if mask.mode.endswith("eraser") else "")
+        "evidence": ("a confirmed trigger cluster" + ((" (a global trigger: its members share one fine pattern, which "
+                                                       "pulled other images into it)" if shared else
+                                                       " (a global trigger: a whole-image eraser's residual pulled "
+                                                       "images into it)") if mask.mode.endswith("eraser") else "")
                      + (f" (by {run.win} px windows: the trigger is larger than the default)" if larger else ""))
         if confirmed else
         "none: no cluster's windows or eraser residuals pulled other images into it, so nothing is flagged",

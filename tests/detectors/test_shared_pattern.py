@@ -125,6 +125,7 @@ def test_a_weakly_learned_blend_is_confirmed_by_its_shared_pattern_and_flagged(o
     # benchmark)
     m = detection_metrics(pc.scores, pc.flagged, truth)
     assert pc.info["mode"] == "confirmed_cluster_eraser" and m["recall"] == 1.0 and m["auroc"] == 1.0, m
+    assert "share one fine pattern" in pc.info["evidence"], pc.info["evidence"]  # the report says how it was found
 
 
 def test_own_noise_or_aligned_content_is_not_a_shared_pattern(no_pattern):
