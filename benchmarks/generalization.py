@@ -9,7 +9,8 @@ Each CIFAR-10 case is one ``sslguard detect`` run (the pipeline, in this process
 (1,000 per class) with one attack injected: BYOL convnet4 (width 16), 39 epochs, SGD, crop scale (0.2, 1), as
 ``benchmarks/detect.md``'s CPU encoders (the only CPU recipe that learned a 12 px trigger there), then
 ``cluster.k: auto`` (100 at 10k images) and PoisonCAM, PatchSearch and density on the same clusters, fused
-as the quickstart fuses them (PoisonCAM and PatchSearch vote, ``any``). The trained encoder is copied to
+as the quickstart fuses them (PoisonCAM and PatchSearch vote, ``agree``; the planted row, which calls
+:func:`~sslguard.pipeline.fusion.fuse` itself, ``any``). The trained encoder is copied to
 ``benchmarks/encoders/cpu/<case>.safetensors`` with its recipe and sha256, and a later run loads it instead
 of training (about 15-20 min each on one core).
 
