@@ -129,6 +129,10 @@ CASES: dict[str, tuple[str, str, str, list[str]]] = {
                          "quickstart", _global("blend", "{alpha: 0.2, trigger_seed: 11}", 0.5, 4)),
     "sig40_50_t0": ("held-out", "CIFAR-10, SIG (delta 40, 6 periods), 50% of class 0", "quickstart",
                     _global("sig", "{delta: 40.0}", 0.5, 0)),
+    # defined (2026-12-02) before its encoder was trained: CTRL's frequency trigger at 3x the paper's magnitude
+    # (at 50 the CPU recipe did not learn it, detect.md)
+    "ctrl150_50_t9": ("held-out", "CIFAR-10, CTRL (chroma DCT, magnitude 150: 3x the paper's), 50% of class 9",
+                      "quickstart", _global("ctrl", "{magnitude: 150.0}", 0.5, 9)),
     "gpu_htba12_50_t0": ("held-out", "CIFAR-10, grid 12 px, 50% of class 0; the GPU reference encoder (ResNet-18, "
                          "all 50k images, 33 epochs), detection on 2,000 of them", "quickstart",
                          _gpu_encoder("htba12_50", 12)),
