@@ -38,9 +38,9 @@ SSL training resumes mid-stage too (epoch checkpoints of :func:`sslguard.train.s
 one detector's outliers); ``"max_norm"`` takes the maximum of min-max-normalised scores (one confident
 detector is enough); either over the detectors that flagged anything, when one did (one that found no
 evidence would pull the ranking toward chance). Which images are *flagged* (and left out of the clean manifest) is
-``fusion.flag``: ``"any"`` (default; flagged by any detector, the union: poisons cost more than the
-few clean images lost), ``"majority"``, ``"all"``, or ``"fused"`` (fused score above its
-``fusion.fused_quantile``).
+``fusion.flag``: ``"agree"`` (default: within a stage, the images two of its detectors flag, or the one
+detector's that flagged anything; the stages add up: :mod:`~sslguard.pipeline.fusion`), ``"any"`` (the
+union), ``"majority"``, ``"all"``, or ``"fused"`` (fused score above its ``fusion.fused_quantile``).
 
 **Source data are read-only.** The run only reads the input corpus; it writes lists of indices and
 paths, never a file under the data root.
