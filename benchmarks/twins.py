@@ -67,9 +67,26 @@ def _child(isa: str, output_dir: str, extra_k: list[int]) -> dict:
     return out
 
 
-def _markdown(rows: list[dict]) -> str:
+def _machine() -> str:
+    """The CPU's model name and core count, the date and torch's version: float orders differ by CPU."""
+    import platform
+    import time
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}"
+
+
+def _markdown(rows: list[dict], argv: list[str] | None = None) -> str:
+    command = " ".join(["python benchmarks/twins.py", *(argv or [])])
     lines = ["# Split trigger groups: paste arrivals counted for a cluster and its twin", "",
-             "Written by `python benchmarks/twins.py`: the README's quickstart (1,438 digits, 71 HTBA + 40 BadNets",
+             f"Machine: {_machine()}.", "",
+             f"Written by `{command}`: the README's quickstart (1,438 digits, 71 HTBA + 40 BadNets",
              "poisons, SimCLR convnet4, `cluster.k=20`) run through the pipeline on three oneDNN kernel sets and",
              "with 1 or 2 threads (the quickstart config sets 1): six float orders, so six encoders and clusterings.",
              "*Groups*: the clusters holding most HTBA poisons (id: size/HTBA). *Rate*: the share of pasted images (a",
@@ -128,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True, text=True, check=True, cwd=ROOT)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).write_text(_markdown(rows))
+    Path(args.out).write_text(_markdown(rows, sys.argv[1:] if argv is None else argv))
     print(f"wrote {args.out}")
     return 0
 
