@@ -68,18 +68,16 @@ def _child(isa: str, output_dir: str, extra_k: list[int]) -> dict:
 
 
 def _machine() -> str:
-    """The CPU's model name and core count, the date and torch's version: float orders differ by CPU."""
-    import platform
+    """The CPU (:func:`benchmarks.scale.machine`), core count, torch's version and the date: float orders differ
+    by CPU."""
     import time
 
     import torch
 
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}"
+    from benchmarks.scale import machine
+
+    m = machine()
+    return f"{m['cpu']}, {m['logical_cpus']} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}"
 
 
 def _markdown(rows: list[dict], argv: list[str] | None = None) -> str:
