@@ -43,39 +43,41 @@ This implementation (our own code, following the idea) runs in four steps:
    own-cluster Grad-CAM drop ranks it, nothing is flagged (``info["evidence"]`` says so), step 4 is skipped.
 4. **Poison classifier** (the paper's last step, which PatchSearch shares; :mod:`sslguard.poison_classifier`):
    the masked windows (or eraser residuals) of the ``n_top_windows`` confirmed-cluster members with the
-   largest drop above the threshold are the trigger; a small CNN learns to tell clean images from clean
-   images carrying one, and scores the corpus (the drops stay in ``evidence["mask_drop"]``). Flagged:
-   logit above the valley of the corpus' logits (Otsu), never below the MAD bound of held-out clean images.
+   largest drop above the threshold are the trigger (where none clears it, the members' own best windows if,
+   pasted, they pull ``paste_rate`` of non-members in: ``info["classifier"]["top_from"]``); a small CNN learns
+   to tell clean images from clean images carrying one, and scores the corpus (the drops stay in
+   ``evidence["mask_drop"]``). Flagged: logit above the valley of the corpus' logits (Otsu), never below the
+   MAD bound of held-out clean images.
 
 Defaults (the signature's values) and the measurements that chose them: ``benchmarks/defaults.md#poisoncam``;
 in short, a window of side w on a stride s fully covers any trigger of side <= w - s + 1, ``z`` is the usual
 MAD cut (Iglewicz & Hoaglin), ``paste_rate`` asks a majority to join (the learned check's bar), and the
 classifier's settings are PatchSearch's.
 
-Limits: the detector finds what the encoder learned: a trigger not tied to a cluster (small, short training,
-a weak encoder) changes nothing when masked, and nothing is confirmed. A trigger larger than the largest
-window is erased only in part. Step 2b asks for pixel copies (clean digit strokes reach 0.98): poisons
-recompressed or resized after the trigger was pasted, or a trigger much smaller than the larger window on
-busy backgrounds, fall under the bar there. Windows are pasted at random places: a trigger that acts at
-one position only, or only with its surroundings, may fail. A global trigger in the low frequencies (a
-colour cast, a warp such as WaNet's) survives the erasers, and one that differs from poison to poison
-(sample-specific noise) averages away in the mean residual; a faint blend that few pasted images follow is
-confirmed only where it is most of its members' fine detail (``min_shared``). Step 3 scores the corpus one
-way for all confirmed clusters, by windows unless erasing moves a larger share of their members. Step 4
-inherits the limits of :mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns an
-object part and flags the images that show it. The trigger must be a distinct cluster at the chosen ``k``
-(groups assume a trigger group's pieces are each other's nearest clusters: ``fine_k.md``). The colour
-control is off (PatchSearch's is on): it was not needed on the clean CIFAR-10 subset, on the quickstart
-flat copies of the trigger windows came near the bar on some CPUs (``clean_corpora.md``), and it rejects a
-one-colour trigger.
+Limits: the detector finds what the encoder learned: a trigger not tied to a cluster (small, short training, a weak
+encoder) changes nothing when masked, and nothing is confirmed. A trigger larger than the largest window is erased
+only in part. Step 2b asks for pixel copies (clean digit strokes reach 0.98): poisons recompressed or resized after
+the trigger was pasted, or a trigger much smaller than the larger window on busy backgrounds, fall under the bar
+there. Windows are pasted at random places: a trigger that acts at one position only, or only with its surroundings,
+may fail. A global trigger in the low frequencies (a colour cast, a warp such as WaNet's) survives the erasers, and
+one that differs from poison to poison (sample-specific noise) averages away in the mean residual; a faint blend
+that few pasted images follow is confirmed only where it is most of its members' fine detail (``min_shared``). Step
+3 scores the corpus one way for all confirmed clusters, by windows unless erasing moves a larger share of their
+members. Step 4 inherits the limits of :mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns
+an object part and flags the images that show it. A trigger cluster beside its clean twin loses little activation
+when masked (the poison crosses to the twin), so its drops can all stay under the threshold (the quickstart on one
+float order, ``twins_epyc.md``); then step 4 rests on the members' windows passing the paste check, and an
+eraser-confirmed cluster has no such fallback. The trigger must be a distinct cluster at the chosen ``k`` (groups
+assume a trigger group's pieces are each other's nearest clusters: ``fine_k.md``). The colour control is off
+(PatchSearch's is on): it was not needed on the clean CIFAR-10 subset, on the quickstart flat copies of the trigger
+windows came near the bar on some CPUs (``clean_corpora.md``), and it rejects a one-colour trigger.
 
-Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from ``probe_budget``:
-640 searches up to 160 clusters, 4 per cluster above), step 2 pastes ``(1 + len(erasers)) x
-n_paste_windows x n_paste_test`` images per cluster (the shared-pattern path reads ``n_paste_test`` members
-per eraser, and pastes twice ``n_paste_windows x n_paste_test`` only where they share a pattern), step 2b
-(only when no window passed) repeats step 1 per larger window, step 3 is one Grad-CAM pass plus the refined
-candidates, step 4 one pass of the poison classifier. With ``cluster.k: auto`` (k = N / 100) every term is
-at most linear in N (``fine_k.md``).
+Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from ``probe_budget``: 640
+searches up to 160 clusters, 4 per cluster above), step 2 pastes ``(1 + len(erasers)) x n_paste_windows x
+n_paste_test`` images per cluster (the shared-pattern path reads ``n_paste_test`` members per eraser, and pastes
+twice ``n_paste_windows x n_paste_test`` only where they share a pattern), step 2b (only when no window passed)
+repeats step 1 per larger window, step 3 is one Grad-CAM pass plus the refined candidates, step 4 one pass of the
+poison classifier. With ``cluster.k: auto`` (k = N / 100) every term is at most linear in N (``fine_k.md``).
 """
 
 from __future__ import annotations
@@ -369,14 +371,25 @@ def _mask_or_erase(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_n
     return erased
 
 
-def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: int) -> np.ndarray:
-    """The ``n_top_windows`` confirmed-cluster members with the largest drop above the threshold."""
+def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: int, paste: dict) -> tuple:
+    """The ``n_top_windows`` confirmed-cluster members with the largest drop above the threshold (and how they
+    were chosen); where none clears it, the members' own best windows that pass the paste check (step 4)."""
     # the confirmed clusters' members: a non-member's drop of c* is weaker evidence (on the CIFAR encoder 2 of
     # the top 20 over all images were clean non-members, 0 of the top 20 members)
     above = np.flatnonzero(mask.scores > mask.threshold)
-    in_conf = above[np.isin(run.assign[above], confirmed)]
-    above = in_conf if len(in_conf) else above
-    return above[np.argsort(-mask.scores[above], kind="stable")[:n_top_windows]]
+    in_conf, keep, rates = above[np.isin(run.assign[above], confirmed)], [], {}
+    members = np.flatnonzero(np.isin(run.assign, confirmed)) if not len(in_conf) else in_conf[:0]
+    top = members[np.argsort(-mask.scores[members], kind="stable")[:n_top_windows]]
+    for c in np.unique(run.assign[top]).tolist() if mask.mode == "confirmed_cluster" else []:
+        mine = top[run.assign[top] == c]
+        others = np.flatnonzero(~np.isin(run.assign, run.corpus.group(c)))
+        prng = np.random.default_rng([paste["seed"], 4249, c])  # its own stream: nothing else draws differently
+        test_pos = np.sort(prng.choice(others, size=min(paste["n_paste_test"], len(others)), replace=False))
+        rates[c] = run.corpus.paste_rate(crop_windows(run.corpus.images(mine), mask.boxes[mine]), test_pos, c, prng)
+        keep += mine.tolist() if rates[c] >= paste["paste_rate"] else []
+    how = {"top_from": "members' best windows, pasted (none cleared the threshold)"} if keep else {}
+    above = top[np.isin(top, keep)] if keep else in_conf if len(in_conf) else above
+    return above[np.argsort(-mask.scores[above], kind="stable")[:n_top_windows]], {**how, "top_paste_rate": rates}
 
 
 def _train_and_cut(run: _Run, mask: _Masking, confirmed: list, top: np.ndarray, rng: np.random.Generator, *,
@@ -404,20 +417,20 @@ def _train_and_cut(run: _Run, mask: _Masking, confirmed: list, top: np.ndarray, 
 
 def _classifier_step(run: _Run, mask: _Masking, conf: _Confirmation, rng: np.random.Generator, timings: dict, *,
                      classifier: bool, n_top_windows: int, classifier_images: int, classifier_epochs: int, z: float,
-                     seed: int):
+                     seed: int, paste: dict):
     """Step 4 where it applies: ``(scores, threshold, top windows, final stage, classifier info)``."""
     confirmed = sorted(set(mask.target_of.tolist()) & set(conf.confirmed)) if conf.confirmed else []
     if not (confirmed and classifier):
         return mask.scores, mask.threshold, np.zeros(0, np.int64), "masking", {}
     t = time.perf_counter()
-    top = _top_candidates(run, mask, confirmed, n_top_windows)
+    top, chosen = _top_candidates(run, mask, confirmed, n_top_windows, paste)
     out = _train_and_cut(run, mask, confirmed, top, rng, classifier_images=classifier_images,
                          classifier_epochs=classifier_epochs, z=z, seed=seed, erasers=conf.erasers)
     timings["classifier_s"] = time.perf_counter() - t
     if out is None:
-        return mask.scores, mask.threshold, top, "masking", {}
+        return mask.scores, mask.threshold, top, "masking", chosen
     scores, threshold, classifier_info = out
-    return scores, threshold, top, "classifier", classifier_info
+    return scores, threshold, top, "classifier", {**classifier_info, **chosen}
 
 
 def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, threshold, top, final_stage,
@@ -432,12 +445,11 @@ def _result(dataset, run: _Run, conf: _Confirmation, mask: _Masking, scores, thr
     # at precision 0.02-0.03), so nothing is flagged and the run says why.
     flagged = scores > threshold if confirmed else np.zeros(n, dtype=bool)
     timings["total_s"] = time.perf_counter() - t_start
+    glob = (" (a global trigger: its members share one fine pattern, which pulled other images into it)" if shared
+            else " (a global trigger: a whole-image eraser's residual pulled images into it)")
     info: dict[str, Any] = {
         "mode": mask.mode,
-        "evidence": ("a confirmed trigger cluster" + ((" (a global trigger: its members share one fine pattern, which "
-                                                       "pulled other images into it)" if shared else
-                                                       " (a global trigger: a whole-image eraser's residual pulled "
-                                                       "images into it)") if mask.mode.endswith("eraser") else "")
+        "evidence": ("a confirmed trigger cluster" + (glob if mask.mode.endswith("eraser") else "")
                      + (f" (by {run.win} px windows: the trigger is larger than the default)" if larger else ""))
         if confirmed else
         "none: no cluster's windows or eraser residuals pulled other images into it, so nothing is flagged",
@@ -571,7 +583,7 @@ def poisoncam(
         timings["filter_s"] = time.perf_counter() - t
         scores, threshold, top, final_stage, classifier_info = _classifier_step(
             run, mask, conf, rng, timings, classifier=classifier, n_top_windows=n_top_windows,
-            classifier_images=classifier_images, classifier_epochs=classifier_epochs, z=z, seed=seed)
+            classifier_images=classifier_images, classifier_epochs=classifier_epochs, z=z, seed=seed, paste=paste)
     finally:
         backbone.train(was_training)
     params = {"k": clusters.k, "window_fraction": window_fraction, "stride_fraction": stride_fraction, "fill": fill,

@@ -214,3 +214,36 @@ def test_nearest_confirmed_gives_members_their_own_cluster_in_any_block_size(cas
     members = np.isin(clusters.assignments, confirmed)
     np.testing.assert_array_equal(t[members], clusters.assignments[members])
     np.testing.assert_array_equal(nearest_confirmed(emb, clusters.centroids, confirmed, block=7), t)
+
+
+def test_a_confirmed_cluster_whose_drops_stay_under_the_threshold_still_teaches_step_4(case):
+    """The quickstart on one CPU's float order (native kernels, 2 threads; ``benchmarks/twins_epyc.md``): a pure
+    trigger cluster, confirmed by paste, whose members' masking drops all stay under the MAD threshold, so step 4
+    had no windows and nothing was flagged. The members' own best windows, pasted, must pull a majority into the
+    cluster: a trigger cluster's do; a clean cluster confirmed by mistake gets no windows from its members."""
+    from dataclasses import replace
+
+    from sslguard.detectors.poisoncam import _make_run, _Masking, _mask_corpus, _top_candidates
+
+    c, emb, clusters = case
+    trig = _trigger_clusters(c, clusters)
+    run = _make_run(c.backbone, c.dataset, emb, clusters, window_fraction=0.375, stride_fraction=0.125,
+                    fill="context", batch_size=256, image_size=None, device="cpu", twin_clusters=True, group_k=10)
+    paste = dict(paste_rate=0.5, n_paste_test=32, seed=0)
+    mask = _mask_corpus(run, trig, np.random.default_rng(0), 48, 3.5)
+    # the default path: members above the threshold, no paste needed
+    top, chosen = _top_candidates(run, mask, trig, 20, paste)
+    assert len(top) == 20 and c.truth[top].all() and "top_from" not in chosen
+    # the threshold above every drop, as on that float order
+    high = replace(mask, threshold=float(mask.scores.max()) + 1.0)
+    top, chosen = _top_candidates(run, high, trig, 20, paste)
+    assert len(top) == 20 and c.truth[top].all() and np.isin(clusters.assignments[top], trig).all()
+    assert chosen["top_from"].startswith("members' best windows") and min(chosen["top_paste_rate"].values()) >= 0.5
+    # a clean cluster confirmed by mistake: its members' best windows pull under the bar, so none is taken
+    # (each member's Grad-CAM window of its own cluster: one pass for all clusters)
+    drop, boxes, _ = run.corpus.cam_and_mask(run.all_pos, clusters.assignments, run.win, run.fill)
+    own = _Masking(drop.astype(np.float64), boxes, clusters.assignments.copy(), np.inf, "confirmed_cluster", {})
+    clean = [k for k in range(clusters.k) if k not in trig and (clusters.assignments == k).sum() >= 2]
+    rates = {k: _top_candidates(run, own, [k], 20, paste) for k in clean}
+    assert all(len(top) == 0 and "top_from" not in ch for top, ch in rates.values()), rates
+    assert max(ch["top_paste_rate"][k] for k, (_, ch) in rates.items()) < 0.5, rates
