@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import fisher_exact
 
 from sslguard.cam import ClusterModel, best_window, grad_cam, load_uint8, masked_drop, search_windows
 from sslguard.cluster import ClusterResult, kmeans
@@ -18,7 +19,7 @@ from sslguard.poison_classifier import paste_many, paste_places
 from sslguard.utils.chunks import iter_rows
 from sslguard.utils.dist import map_chunks
 
-__all__ = ["Corpus", "cluster_groups", "group_extra", "mutual_nearest", "nearest_confirmed",
+__all__ = ["Corpus", "cluster_groups", "colour_explains", "group_extra", "mutual_nearest", "nearest_confirmed",
            "prepare_embeddings_and_clusters"]
 
 
@@ -215,6 +216,22 @@ class Corpus:
         for s, (d, b) in zip(starts, self.map(one, starts)):
             drop[s:s + len(d)], boxes[s:s + len(d)] = d, b
         return drop, boxes
+
+
+def colour_explains(rate: float, flat: float | None, bar: float, n: int) -> bool:
+    """Whether flat mean-colour copies of a cluster's windows (:meth:`Corpus.flat_copies`) explain the windows'
+    pull ``rate``: the copies pull ``bar`` themselves, unless the windows pull ``bar`` of the images the copies
+    leave out (Abbott's correction for a control's own response, ``(rate - flat) / (1 - flat)``; Abbott 1925,
+    "A method of computing the effectiveness of an insecticide") and significantly more than the copies over
+    ``n`` pastes each (one-sided Fisher p <= 0.01, as the shared-pattern check). Why: an encoder that learned a
+    patch trigger also answers to patches like it (on the quickstart's digits, target class 3, flat copies of
+    the HTBA windows pulled 0.62 and the windows 0.99), while blue sky on clean CIFAR-10 pulled 0.89 against its
+    copies' 0.83 (``benchmarks/quickstart_variants.md``, ``clean_corpora.md``)."""
+    if flat is None or flat < bar:
+        return False
+    hits = [round(rate * n), round(flat * n)]
+    p = float(fisher_exact([[h, n - h] for h in hits], alternative="greater").pvalue)
+    return not ((rate - flat) / max(1.0 - flat, 1e-12) >= bar and p <= 0.01)
 
 
 def nearest_confirmed(embeddings: np.ndarray, centroids: np.ndarray, confirmed: list,

@@ -26,10 +26,11 @@ CVPR 2023 (our own code, following the paper's algorithm):
    first. Nothing is flagged when the top windows do not pull, at their median,
    ``paste_rate`` of the test images they are pasted on into their cluster: the search then found no
    trigger (an encoder that learned none), and cutting the logits' tail would remove clean images. Nor
-   when flat copies of the top windows (each filled with its mean colour) pull as many
-   (``colour_control``): the encoder then groups a colour, not a pattern (a clean CIFAR-10 subset:
-   windows of blue sky from ships and aeroplanes pulled 0.89 into their cluster and flagged 54 clean
-   images before this control; ``benchmarks/clean_corpora.md``).
+   when flat copies of the top windows (each filled with its mean colour) explain their pull
+   (``colour_control``, :func:`~sslguard.detectors.corpus.colour_explains`: the copies reach ``paste_rate``
+   and the pattern pulls no majority of the images they leave out): the encoder then groups a colour, not a
+   pattern (a clean CIFAR-10 subset: windows of blue sky from ships and aeroplanes pulled 0.89 into their
+   cluster and flagged 54 clean images before this control; ``benchmarks/clean_corpora.md``).
 
 Defaults (the measurements behind each: ``benchmarks/defaults.md#patchsearch``):
 
@@ -52,9 +53,11 @@ image of ``test_size`` random clusters, so some clusters have no test image. Abo
 clusters a cluster's first round rests on a single window: a trigger piece whose one Grad-CAM window
 missed the trigger can be dropped (other pieces of the same group remain).
 
-The colour control rejects a trigger that is one flat colour (its flat copy is itself). On the
-quickstart's encoder the top windows' flat copies pulled 0.14-0.18 on three kernel sets, far under the bar
-(PoisonCAM's exhaustive-search windows came nearer, so its control is off by default).
+The colour control rejects a trigger that is one flat colour where the windows fall inside it (their flat
+copies are themselves). On the quickstart's encoder the top windows' flat copies pulled 0.14-0.18 on three
+kernel sets, far under the bar; with another target class up to 0.62, and the pattern pulled nearly all the
+rest (``benchmarks/quickstart_variants.md``). PoisonCAM's exhaustive-search windows came nearer, so its
+control is off by default.
 
 Cost: the Grad-CAM pass and the classifier's scoring are one pass over the corpus; the search is
 ``windows scored x test images`` forward passes, with the test set near ``test_size`` and at most
@@ -76,7 +79,7 @@ import torch
 from sslguard.cam import cluster_cam, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector
-from sslguard.detectors.corpus import Corpus, prepare_embeddings_and_clusters
+from sslguard.detectors.corpus import Corpus, colour_explains, prepare_embeddings_and_clusters
 from sslguard.poison_classifier import classifier_logits, crop_windows, paste_many, train_poison_classifier
 
 log = logging.getLogger(__name__)
@@ -209,35 +212,38 @@ def _train_and_score(corpus: Corpus, clusters: ClusterResult, boxes: np.ndarray,
 
 
 def _pull_rate(poison_score: np.ndarray, assign: np.ndarray, test: _TestSet, top: np.ndarray,
-               groups: np.ndarray) -> float:
+               groups: np.ndarray) -> tuple[float, int]:
     """Median share of the other clusters' test images that the top windows pull into their cluster's group
-    (:meth:`Corpus.group`; the group's own test images are not counted)."""
+    (:meth:`Corpus.group`; the group's own test images are not counted), and the number of pastes it rests on."""
     n_outside = {c: int((~groups[c][test.cluster]).sum()) for c in np.unique(assign[top])} if len(top) else {}
     top_rates = np.asarray([poison_score[p] / max(1, n_outside[assign[p]]) for p in top], dtype=np.float64)
-    return float(np.median(top_rates)) if len(top_rates) else 0.0
+    return (float(np.median(top_rates)) if len(top_rates) else 0.0), sum(n_outside[assign[p]] for p in top)
 
 
-def _evidence(top_rate: float, flat_rate: float | None, paste_rate: float) -> tuple[bool, str]:
+def _evidence(top_rate: float, flat_rate: float | None, paste_rate: float, n_pastes: int) -> tuple[bool, str]:
     """Whether the top windows are trigger evidence, and the sentence that says why (or why not)."""
     if top_rate < paste_rate:
         return False, (f"none: the top windows pull a median {top_rate:.2f} of pasted images (< {paste_rate}), "
                        "nothing is flagged")
-    if flat_rate is not None and flat_rate >= paste_rate:
+    if colour_explains(top_rate, flat_rate, paste_rate, n_pastes):
         return False, (f"none: the top windows pull a median {top_rate:.2f}, but flat copies of their mean colour "
-                       f"pull {flat_rate:.2f} (>= {paste_rate}): the encoder groups a colour, not a pattern; "
-                       "nothing is flagged")
+                       f"pull {flat_rate:.2f} (>= {paste_rate}) and the pattern adds too little to that: the encoder "
+                       "groups a colour, not a pattern; nothing is flagged")
+    if flat_rate is not None and flat_rate >= paste_rate:
+        return True, (f"trigger windows (median pull rate {top_rate:.2f}; their flat copies pull {flat_rate:.2f}, "
+                      "and the pattern pulls most of the images those leave out)")
     return True, f"trigger windows (median pull rate {top_rate:.2f})"
 
 
 def _result(dataset, assign, boxes, test: _TestSet, search: _Search, scores, top, scored, clean_pool, clean_pos, *,
-            top_rate, flat_rate, paste_rate, z, win, timings, t_start, params) -> DetectionResult:
+            top_rate, flat_rate, paste_rate, z, win, timings, t_start, params, n_pastes=0) -> DetectionResult:
     """The evidence bar, the flags, the run's record and the :class:`DetectionResult`."""
     n, poison_score = len(assign), search.poison_score
     # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
     # does not, nor does a flat patch of the window's colour. Otherwise the search ended on a cluster
     # without a trigger (an encoder that learned none): the logits still rank, but nothing is flagged.
     threshold, cut_info = classifier_cut(scores, np.setdiff1d(clean_pool, clean_pos), z)
-    found, evidence = _evidence(top_rate, flat_rate, paste_rate)
+    found, evidence = _evidence(top_rate, flat_rate, paste_rate, n_pastes)
     flagged = scores > threshold if found else np.zeros(n, dtype=bool)
     timings["total_s"] = time.perf_counter() - t_start
     info: dict[str, Any] = {
@@ -316,9 +322,9 @@ def patchsearch(
             centroid) counts them too, as in PoisonCAM: k-means may split one trigger group in two.
         group_k: above this many clusters each cluster's ``ceil(k / group_k) - 1`` nearest clusters count
             as arrivals too, as in PoisonCAM (``None``: never).
-        colour_control: the top windows are evidence only when flat copies of them (each filled with its mean
-            colour) pull, at their median, fewer than ``paste_rate`` of the test images: the pattern, not the
-            colour, must do the pulling (``info["flat_pull_rate"]``).
+        colour_control: the top windows are no evidence when flat copies of them (each filled with its mean
+            colour) explain their pull (:func:`~sslguard.detectors.corpus.colour_explains`): the pattern, not
+            the colour, must do the pulling (``info["flat_pull_rate"]``).
         z: robust z of the held-out clean images' MAD bound that the flag threshold never goes under
             (:func:`sslguard.detectors.base.classifier_cut`).
 
@@ -356,13 +362,13 @@ def patchsearch(
             corpus, clusters, boxes, search, rng, n_top_windows=n_top_windows, classifier_images=classifier_images,
             classifier_epochs=classifier_epochs, seed=seed)
         timings["classifier_s"] = time.perf_counter() - t
-        top_rate = _pull_rate(search.poison_score, assign, test, top, corpus.groups)
+        top_rate, n_pastes = _pull_rate(search.poison_score, assign, test, top, corpus.groups)
         flat_rate = None
         if colour_control and top_rate >= paste_rate and len(top):
             # the colour control: the same windows flattened to their mean colour, on the same test images
             flat_scores = np.full(n, -1, np.int64)
             flat_scores[top] = _flip_counts(corpus, boxes, assign, test, top, flat=True)
-            flat_rate = _pull_rate(flat_scores, assign, test, top, corpus.groups)
+            flat_rate = _pull_rate(flat_scores, assign, test, top, corpus.groups)[0]
     finally:
         backbone.train(was_training)
     params = {"k": clusters.k, "window_fraction": window_fraction, "test_per_cluster": test_per_cluster,
@@ -373,4 +379,5 @@ def patchsearch(
               "paste_rate": paste_rate, "twin_clusters": twin_clusters, "colour_control": colour_control, "z": z,
               "batch_size": batch_size, "image_size": image_size}
     return _result(dataset, assign, boxes, test, search, scores, top, scored, clean_pool, clean_pos,
-                   top_rate=top_rate, flat_rate=flat_rate, paste_rate=paste_rate, z=z, win=win, timings=timings, t_start=t_start, params=params)
+                   top_rate=top_rate, flat_rate=flat_rate, paste_rate=paste_rate, z=z, win=win, timings=timings,
+                   t_start=t_start, params=params, n_pastes=n_pastes)

@@ -17,7 +17,8 @@ This implementation (our own code, following the idea) runs in four steps:
 2. **Confirm** a cluster by the *paste check*: the windows of its ``n_paste_windows`` highest-drop probes,
    pasted at random places onto ``n_paste_test`` non-members, must move at least ``paste_rate`` of them
    into the cluster: a trigger also *brings* images in, a part of a clean object rarely does. With
-   ``colour_control`` (off, see *Limits*) flat copies of the windows must not pull as many. **Global
+   ``colour_control`` (off, see *Limits*) flat copies of the windows must not explain the pull
+   (:func:`~sslguard.detectors.corpus.colour_explains`). **Global
    triggers**: the same check with what a whole-image eraser (:mod:`sslguard.erasers`) took from the top
    probes, *added* to non-members; the residuals of as many random non-members must pull at most half as many,
    and the residuals' *mean* at least half as many (a trigger is one pattern in every poison and survives the
@@ -93,7 +94,7 @@ import torch
 from sslguard.cam import sliding_boxes, window_consistency, window_size
 from sslguard.cluster import ClusterResult
 from sslguard.detectors.base import DetectionResult, classifier_cut, register_detector, robust_threshold
-from sslguard.detectors.corpus import Corpus, nearest_confirmed, prepare_embeddings_and_clusters
+from sslguard.detectors.corpus import Corpus, colour_explains, nearest_confirmed, prepare_embeddings_and_clusters
 from sslguard.detectors.global_trigger import confirm_by_residual
 from sslguard.erasers import ERASERS, residuals
 from sslguard.poison_classifier import classifier_logits, crop_windows, train_poison_classifier
@@ -193,10 +194,10 @@ def _probe_clusters(run: _Run, rng: np.random.Generator, n_probe: int, erasers=(
 
 def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, paste_rng: np.random.Generator,
                       n_paste_windows: int, n_paste_test: int, paste_rate: float, colour_control: bool,
-                      seed: int) -> tuple[float, float | None]:
+                      seed: int) -> tuple[float, float | None, bool]:
     """Share of non-members that cluster ``c``'s top probe windows, pasted on them, pull into ``c``; and,
     with ``colour_control`` when that reaches ``paste_rate``, the share their flat mean-colour copies pull
-    (``None`` otherwise)."""
+    (``None`` otherwise); and whether those explain the pull (:func:`colour_explains`)."""
     # the other half of the causal evidence: a trigger cluster's windows also *bring* other
     # images into it, while a clean cluster's parts (what its members' masks erased) rarely do
     mine_pos = np.flatnonzero(mine)
@@ -206,10 +207,10 @@ def _confirm_by_paste(run: _Run, probes: _Probes, c: int, mine: np.ndarray, past
     test_pos = np.sort(paste_rng.choice(others, size=min(n_paste_test, len(others)), replace=False))
     rate = run.corpus.paste_rate(patches, test_pos, c, paste_rng)
     if not colour_control or rate < paste_rate:
-        return rate, None
+        return rate, None, False
     # the colour control, on its own stream so the other clusters' paste tests draw as without it
-    flat_rng = np.random.default_rng([seed, 4244, c])
-    return rate, run.corpus.paste_rate(run.corpus.flat_copies(patches), test_pos, c, flat_rng)
+    flat = run.corpus.paste_rate(run.corpus.flat_copies(patches), test_pos, c, np.random.default_rng([seed, 4244, c]))
+    return rate, flat, colour_explains(rate, flat, paste_rate, len(patches) * len(test_pos))
 
 
 def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator, *, confirm_z: float,
@@ -235,13 +236,13 @@ def _confirm_clusters(run: _Run, probes: _Probes, paste_rng: np.random.Generator
             confirmed.append(c)
             cand_stats[c]["confirmed_by"] = "masking"
         elif paste_check and rz >= support_z:
-            rate, flat = _confirm_by_paste(run, probes, c, mine, paste_rng, n_paste_windows, n_paste_test,
-                                           paste_rate, colour_control, seed)
+            rate, flat, colour = _confirm_by_paste(run, probes, c, mine, paste_rng, n_paste_windows, n_paste_test,
+                                                   paste_rate, colour_control, seed)
             cand_stats[c]["paste_rate"] = rate
             cand_stats[c]["paste_into"] = run.corpus.group(c).tolist()
             if flat is not None:
                 cand_stats[c]["flat_paste_rate"] = flat
-            window_ok = rate >= paste_rate and (flat is None or flat < paste_rate)
+            window_ok = rate >= paste_rate and not colour
             if flat is not None and not window_ok and rate >= paste_rate:
                 cand_stats[c]["rejected_by"] = "colour: flat copies of its windows pull as well"
             # a global trigger (blend, SIG) is carried by what a whole-image eraser removes; a cluster whose
@@ -296,10 +297,10 @@ def _grow_window(run: _Run, conf: _Confirmation, n_probe: int, probe_budget: int
             rec[win] = {"consistency": cons}
             if not cons >= min_consistency:
                 continue
-            rate, flat = _confirm_by_paste(big, probes, c, probes.cluster == c, paste_rng, n_paste_windows,
-                                           n_paste_test, paste_rate, colour_control, seed)
+            rate, flat, colour = _confirm_by_paste(big, probes, c, probes.cluster == c, paste_rng, n_paste_windows,
+                                                   n_paste_test, paste_rate, colour_control, seed)
             rec[win].update(paste_rate=rate, flat_paste_rate=flat)
-            if rate >= paste_rate and (flat is None or flat < paste_rate):
+            if rate >= paste_rate and not colour:
                 found.append(c)
                 conf.stats[c]["confirmed_by"] = f"masking+paste ({win} px window)"
         if found:
@@ -537,8 +538,8 @@ def poisoncam(
         twin_clusters: count a paste that lands in the cluster's twin (mutual nearest centroid) as an arrival.
         group_k: above this many clusters a paste into one of the ``ceil(k / group_k) - 1`` nearest clusters
             counts too (:func:`~sslguard.detectors.corpus.cluster_groups`; ``None``: never).
-        colour_control: confirm only when flat mean-colour copies of the windows pull under ``paste_rate``
-            (``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
+        colour_control: confirm only when flat mean-colour copies of the windows do not explain their pull
+            (``colour_explains``; ``cluster_stats[c]["flat_paste_rate"]``); off by default (why: *Limits*).
         larger_windows, min_consistency: step 2b's window fractions, tried in turn, and consistency bar.
         erasers: whole-image erasers (:mod:`sslguard.erasers`) whose residuals step 2 adds (global triggers).
         min_shared: step 2's shared-pattern bar (:mod:`~sslguard.detectors.global_trigger`; ``None``: off).

@@ -13,11 +13,13 @@ from sslguard.testing import PLANTED_ENCODER_K, embed_and_cluster, planted_patch
 
 @pytest.fixture(scope="module")
 def flat_case(tmp_path_factory):
-    """The planted case with a flat orange square as its trigger: the encoder learns the colour (the triggered
-    images are its 11th class), so the 'trigger' is a colour, as blue sky is for a colour-driven encoder."""
+    """The planted case with a flat orange square as its trigger, larger (16 px) than both detectors' 12 px
+    windows: the encoder learns the colour (the triggered images are its 11th class), and a window inside the
+    square is that colour alone, as blue sky is for a colour-driven encoder. (A 10 px square is no such case:
+    a window holding it and its surroundings pulled 0.97-1.00 against its flat copy's 0.80-0.83.)"""
     path = tmp_path_factory.mktemp("trigger") / "orange.png"
-    Image.new("RGB", (10, 10), (255, 140, 0)).save(path)
-    c = planted_patch_encoder_case(seed=0, trigger_path=str(path))
+    Image.new("RGB", (16, 16), (255, 140, 0)).save(path)
+    c = planted_patch_encoder_case(seed=0, trigger_size=16, trigger_path=str(path))
     return (c, *embed_and_cluster(c.backbone, c.dataset, k=PLANTED_ENCODER_K))
 
 
@@ -37,10 +39,13 @@ def test_a_colour_the_encoder_groups_is_no_trigger_evidence(flat_case):
                                    colour_control=True)  # off by default in PoisonCAM (its Limits)
     stats = pc.info["cluster_stats"]
     trig = set(np.unique(clusters.assignments[c.truth]).tolist())
-    pulled = [q for q in trig if stats.get(q, {}).get("paste_rate", 0) >= 0.5]
-    # the windows do pull (the encoder learned the square) ... but so do their flat copies, so nothing is confirmed
-    assert pulled and all(stats[q]["flat_paste_rate"] >= 0.5 for q in pulled), stats
-    assert pc.info["confirmed_clusters"] == [] and not pc.flagged.any()
+    # the trigger clusters' windows (the default's, or step 2b's larger ones) do pull: the encoder learned the
+    # square ... but their flat copies pull nearly as many, so nothing is confirmed
+    tried = [stats.get(q, {}) for q in trig]
+    tried += [w for st in tried for w in st.get("larger_window", {}).values()]
+    pulled = [w for w in tried if (w.get("paste_rate") or 0) >= 0.5]
+    assert pulled and all(w["flat_paste_rate"] >= 0.5 for w in pulled), stats
+    assert pc.info["confirmed_clusters"] == [] and not pc.flagged.any(), pc.info["confirmed_clusters"]
     ps = get_detector("patchsearch")(backbone=c.backbone, dataset=c.dataset, embeddings=emb, clusters=clusters,
                                      test_per_cluster=4, samples_per_round=3, final_samples=12, n_top_windows=8,
                                      classifier_images=300, classifier_epochs=2, seed=0)
@@ -55,3 +60,17 @@ def test_a_patterned_trigger_passes_the_colour_control():
                                    n_probe=8, n_null=48, classifier=False, seed=0, colour_control=True)
     flats = [pc.info["cluster_stats"][q]["flat_paste_rate"] for q in pc.info["confirmed_clusters"]]
     assert flats and max(flats) < 0.5, flats
+
+
+def test_flat_copies_explain_a_pull_only_when_the_pattern_adds_little_to_it():
+    """Abbott's correction with a significance test: of the images the flat copies leave out, the windows must
+    pull a majority, and more than the copies (Fisher p <= 0.01). Measured: blue sky on clean CIFAR-10 (0.89
+    vs 0.83), an HTBA trigger on the quickstart's digits with target class 3 (0.99 vs 0.62), a 16 px flat
+    trigger's 16 px windows (0.98 vs 0.96 over 256 pastes: 5 of 9 left-out images, no evidence)."""
+    from sslguard.detectors.corpus import colour_explains
+
+    assert colour_explains(0.89, 0.83, 0.5, 320)  # a third of the rest: the colour does the pulling
+    assert not colour_explains(0.99, 0.62, 0.5, 320)  # nearly all the rest: the pattern does
+    assert colour_explains(252 / 256, 247 / 256, 0.5, 256)  # over half the rest, but 5 images of 9 prove nothing
+    assert colour_explains(1.0, 1.0, 0.5, 256)  # a flat trigger is its own flat copy
+    assert not colour_explains(0.6, 0.3, 0.5, 256) and not colour_explains(0.6, None, 0.5, 256)  # no majority
