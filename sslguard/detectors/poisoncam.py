@@ -64,14 +64,14 @@ may fail. A global trigger in the low frequencies (a colour cast, a warp such as
 one that differs from poison to poison (sample-specific noise) averages away in the mean residual; a faint blend
 that few pasted images follow is confirmed only where it is most of its members' fine detail (``min_shared``). Step
 3 scores the corpus one way for all confirmed clusters, by windows unless erasing moves a larger share of their
-members. Step 4 inherits the limits of :mod:`sslguard.poison_classifier`: if a wrong cluster is confirmed, it learns
-an object part and flags the images that show it. A trigger cluster beside its clean twin loses little activation
-when masked (the poison crosses to the twin), so its drops can all stay under the threshold (the quickstart on one
-float order, ``twins_epyc.md``); then step 4 rests on the members' windows passing the paste check, and an
-eraser-confirmed cluster has no such fallback. The trigger must be a distinct cluster at the chosen ``k`` (groups
-assume a trigger group's pieces are each other's nearest clusters: ``fine_k.md``). The colour control is off
-(PatchSearch's is on): it was not needed on the clean CIFAR-10 subset, on the quickstart flat copies of the trigger
-windows came near the bar on some CPUs (``clean_corpora.md``), and it rejects a one-colour trigger.
+members. Step 4 inherits the limits of :mod:`sslguard.poison_classifier`: a wrongly confirmed cluster teaches it an
+object part, and it flags the images that show it. A trigger cluster beside its clean twin loses little activation
+when masked (the poison crosses to the twin), so its drops can all stay under the threshold (the quickstart,
+``twins_epyc.md``); then step 4 rests on the members' windows passing the paste check, and an eraser-confirmed
+cluster has no such fallback. The trigger must be a distinct cluster at the chosen ``k`` (groups assume a trigger
+group's pieces are each other's nearest clusters: ``fine_k.md``). The colour control is off (PatchSearch's is on):
+it was not needed on the clean CIFAR-10 subset, on the quickstart flat copies of the trigger windows came near the
+bar on some CPUs (``clean_corpora.md``), and it rejects a one-colour trigger that fills the window.
 
 Cost: step 1 runs ``sum(min(size, n_probe_c))`` exhaustive searches (``n_probe_c`` from ``probe_budget``: 640
 searches up to 160 clusters, 4 per cluster above), step 2 pastes ``(1 + len(erasers)) x n_paste_windows x
