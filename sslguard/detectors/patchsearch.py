@@ -236,7 +236,7 @@ def _evidence(top_rate: float, flat_rate: float | None, paste_rate: float, n_pas
 
 
 def _result(dataset, assign, boxes, test: _TestSet, search: _Search, scores, top, scored, clean_pool, clean_pos, *,
-            top_rate, flat_rate, paste_rate, z, win, timings, t_start, params, n_pastes=0) -> DetectionResult:
+            top_rate, flat_rate, paste_rate, n_pastes, z, win, timings, t_start, params) -> DetectionResult:
     """The evidence bar, the flags, the run's record and the :class:`DetectionResult`."""
     n, poison_score = len(assign), search.poison_score
     # Evidence: a trigger window pulls most images it is pasted on into its cluster; a clean object part
