@@ -44,9 +44,9 @@ This implementation (our own code, following the idea) runs in four steps:
    own-cluster Grad-CAM drop ranks it, nothing is flagged (``info["evidence"]`` says so), step 4 is skipped.
 4. **Poison classifier** (the paper's last step, which PatchSearch shares; :mod:`sslguard.poison_classifier`):
    the masked windows (or eraser residuals) of the ``n_top_windows`` confirmed-cluster members with the
-   largest drop above the threshold are the trigger (where none clears it, the members' own best windows if,
-   pasted, they pull ``paste_rate`` of non-members in: ``info["classifier"]["top_from"]``); a small CNN learns
-   to tell clean images from clean images carrying one, and scores the corpus (the drops stay in
+   largest drop above the threshold are the trigger (where fewer clear it, completed by the members' own best
+   windows if, pasted, they pull ``paste_rate`` of non-members in: ``info["classifier"]["top_from"]``); a small
+   CNN learns to tell clean images from clean images carrying one, and scores the corpus (the drops stay in
    ``evidence["mask_drop"]``). Flagged: logit above the valley of the corpus' logits (Otsu), never below the
    MAD bound of held-out clean images.
 
@@ -374,12 +374,12 @@ def _mask_or_erase(run: _Run, conf: _Confirmation, rng: np.random.Generator, n_n
 
 def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: int, paste: dict) -> tuple:
     """The ``n_top_windows`` confirmed-cluster members with the largest drop above the threshold (and how they
-    were chosen); where none clears it, the members' own best windows that pass the paste check (step 4)."""
-    # the confirmed clusters' members: a non-member's drop of c* is weaker evidence (on the CIFAR encoder 2 of
-    # the top 20 over all images were clean non-members, 0 of the top 20 members)
+    were chosen); where fewer clear it, completed by the members' own best windows that pass the paste check."""
+    # members: a non-member's drop of c* is weaker evidence (CIFAR: 2 of the top 20 of all images were clean, 0 of
+    # the top 20 members); fewer above it: 0 on the quickstart, 1 on quickstart_variants' target 6 seed 3 (R 0.625)
     above = np.flatnonzero(mask.scores > mask.threshold)
     in_conf, keep, rates = above[np.isin(run.assign[above], confirmed)], [], {}
-    members = np.flatnonzero(np.isin(run.assign, confirmed)) if not len(in_conf) else in_conf[:0]
+    members = np.flatnonzero(np.isin(run.assign, confirmed)) if len(in_conf) < n_top_windows else in_conf[:0]
     top = members[np.argsort(-mask.scores[members], kind="stable")[:n_top_windows]]
     for c in np.unique(run.assign[top]).tolist() if mask.mode == "confirmed_cluster" else []:
         mine = top[run.assign[top] == c]
@@ -388,8 +388,8 @@ def _top_candidates(run: _Run, mask: _Masking, confirmed: list, n_top_windows: i
         test_pos = np.sort(prng.choice(others, size=min(paste["n_paste_test"], len(others)), replace=False))
         rates[c] = run.corpus.paste_rate(crop_windows(run.corpus.images(mine), mask.boxes[mine]), test_pos, c, prng)
         keep += mine.tolist() if rates[c] >= paste["paste_rate"] else []
-    how = {"top_from": "members' best windows, pasted (none cleared the threshold)"} if keep else {}
-    above = top[np.isin(top, keep)] if keep else in_conf if len(in_conf) else above
+    how = {"top_from": f"members' best windows, pasted ({len(in_conf)} cleared the threshold)"} if keep else {}
+    above = np.union1d(in_conf, keep) if keep else in_conf if len(in_conf) else above
     return above[np.argsort(-mask.scores[above], kind="stable")[:n_top_windows]], {**how, "top_paste_rate": rates}
 
 

@@ -219,8 +219,9 @@ def test_nearest_confirmed_gives_members_their_own_cluster_in_any_block_size(cas
 def test_a_confirmed_cluster_whose_drops_stay_under_the_threshold_still_teaches_step_4(case):
     """The quickstart on one CPU's float order (native kernels, 2 threads; ``benchmarks/twins_epyc.md``): a pure
     trigger cluster, confirmed by paste, whose members' masking drops all stay under the MAD threshold, so step 4
-    had no windows and nothing was flagged. The members' own best windows, pasted, must pull a majority into the
-    cluster: a trigger cluster's do; a clean cluster confirmed by mistake gets no windows from its members."""
+    had no windows and nothing was flagged (or all but one, and step 4 learned from one window). The members' own
+    best windows, pasted, must pull a majority into the cluster: a trigger cluster's do; a clean cluster confirmed
+    by mistake gets no windows from its members."""
     from dataclasses import replace
 
     from sslguard.detectors.poisoncam import _make_run, _Masking, _mask_corpus, _top_candidates
@@ -239,6 +240,14 @@ def test_a_confirmed_cluster_whose_drops_stay_under_the_threshold_still_teaches_
     top, chosen = _top_candidates(run, high, trig, 20, paste)
     assert len(top) == 20 and c.truth[top].all() and np.isin(clusters.assignments[top], trig).all()
     assert chosen["top_from"].startswith("members' best windows") and min(chosen["top_paste_rate"].values()) >= 0.5
+    # only the best member above it (target 6 with trigger seed 3, quickstart_variants.md: step 4 learned from
+    # that one window and found 45 of 72): completed by the members' windows the same way
+    mem = np.sort(mask.scores[np.isin(clusters.assignments, trig)])
+    few = replace(mask, threshold=float(np.nextafter(mem[-1], -np.inf)))
+    n_above = int((mem > few.threshold).sum())
+    top, chosen = _top_candidates(run, few, trig, 20, paste)
+    assert n_above < 20 and len(top) == 20 and c.truth[top].all()
+    assert chosen["top_from"].endswith(f"({n_above} cleared the threshold)")
     # a clean cluster confirmed by mistake: its members' best windows pull under the bar, so none is taken
     # (each member's Grad-CAM window of its own cluster: one pass for all clusters)
     drop, boxes, _ = run.corpus.cam_and_mask(run.all_pos, clusters.assignments, run.win, run.fill)
